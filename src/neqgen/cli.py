@@ -1,0 +1,149 @@
+"""The ``neqgen`` command: simulate, train, evaluate, report and browse runs.
+
+Every subcommand takes Hydra overrides of conf/config.yaml, for example
+``neqgen train model=energy protocol=one_well trainer.max_epochs=5``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from neqgen.config import ConfigError, load_config
+
+log = logging.getLogger("neqgen")
+
+OVERRIDES_HELP = (
+    "Hydra overrides of conf/config.yaml, such as system=quintuple_well protocol=one_well "
+    "simulation.n_particles=2000 experiment=tiny"
+)
+
+COMMANDS = {
+    "simulate": (
+        "Simulate the training and held-out ensembles of one system and protocol with "
+        "torchsde and write them to <paths.data>/<system>/<protocol>/{train,heldout}.npz."
+    ),
+    "train": (
+        "Train one model (model=energy or model=diffusion) on the training ensemble with a "
+        "Lightning Trainer, recorded as an MLflow run; writes the checkpoint and run.json to "
+        "<paths.models>/<system>/<protocol>/<model>/."
+    ),
+    "evaluate": (
+        "Sample a trained model at the recorded frames and score it against the held-out "
+        "ensemble (per-frame Jensen-Shannon divergence and Wasserstein-1), logging the "
+        "results into the model's MLflow run. With --noise-floor, score the training "
+        "ensemble instead, which gives the sampling-noise floor."
+    ),
+    "report": (
+        "Collect the metrics of every protocol and model listed in conf/pipeline/ into "
+        "<paths.metrics>/summary.json and comparison figures, logged as an MLflow run."
+    ),
+    "ui": (
+        "Start the MLflow UI on the project's store (<paths.mlruns>/mlflow.db), bound to "
+        "ui.host (127.0.0.1 by default) and ui.port."
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neqgen",
+        description="Tracked experiments on generative models of driven stochastic systems.",
+    )
+    parser.add_argument(
+        "--config-dir",
+        default=None,
+        help="folder with config.yaml (default: $NEQGEN_CONFIG_DIR or ./conf)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, description in COMMANDS.items():
+        sub = subcommands.add_parser(name, help=description.split(";")[0], description=description)
+        sub.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+        if name == "evaluate":
+            sub.add_argument(
+                "--noise-floor",
+                action="store_true",
+                help="score the training ensemble against the held-out one instead of a model",
+            )
+        if name == "ui":
+            sub.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="print the mlflow command and address without starting the server",
+            )
+    return parser
+
+
+def serve_ui(cfg, dry_run: bool = False) -> int:
+    """Run ``mlflow ui`` on the project's store and return its exit code."""
+    from neqgen.tracking import artifact_root, tracking_uri
+
+    host, port = str(cfg.ui.host), int(cfg.ui.port)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigError(
+                f"cannot listen on {host}:{port} ({error.strerror}); pick another port with "
+                f"`neqgen ui ui.port=5001`"
+            ) from error
+    command = [
+        sys.executable, "-m", "mlflow", "ui",
+        "--backend-store-uri", tracking_uri(cfg),
+        "--default-artifact-root", artifact_root(cfg).as_uri(),
+        "--host", host,
+        "--port", str(port),
+    ]
+    print(f"MLflow UI for {Path(cfg.paths.mlruns).resolve()} at http://{host}:{port}", flush=True)
+    if dry_run:
+        print(" ".join(command))
+        return 0
+    try:
+        return subprocess.call(command)
+    except KeyboardInterrupt:
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = load_config(args.overrides, args.config_dir)
+        if args.command == "simulate":
+            from neqgen.commands.simulate import run_simulation
+
+            run_simulation(cfg)
+        elif args.command == "train":
+            from neqgen.commands.train import run_training
+
+            run_training(cfg)
+        elif args.command == "evaluate":
+            from neqgen.commands import evaluate
+
+            if args.noise_floor:
+                evaluate.run_noise_floor(cfg)
+            else:
+                evaluate.run_evaluation(cfg)
+        elif args.command == "report":
+            from neqgen.commands.report import run_report
+
+            run_report(cfg)
+        elif args.command == "ui":
+            return serve_ui(cfg, dry_run=args.dry_run)
+    except (ConfigError, ValueError, FileNotFoundError) as error:
+        log.error("%s", error)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The steps of the pipeline, each a function of the composed config."""

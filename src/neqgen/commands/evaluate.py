@@ -1,0 +1,198 @@
+"""Score a trained model, or the training ensemble (the noise floor), frame by frame."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import hydra
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig
+
+from neqgen.config import build_system, dataset_path, metrics_path, model_dir, plots_dir
+from neqgen.data.dataset import Ensemble, load_ensemble
+from neqgen.evaluation.figures import plot_metrics_over_time, plot_snapshots
+from neqgen.evaluation.frames import (
+    evaluation_frames,
+    score_frames,
+    summarize,
+    write_frame_table,
+)
+from neqgen.tracking import ensure_experiment, tracking_uri
+
+log = logging.getLogger(__name__)
+
+NOISE_FLOOR = "noise_floor"
+
+
+def snapshot_frames(times: np.ndarray, requested: list[float]) -> np.ndarray:
+    """Return positions in ``times`` nearest to each requested time inside the horizon."""
+    inside = [t for t in requested if times[0] <= t <= times[-1]] or [times[0], times[-1]]
+    return np.unique([int(np.argmin(np.abs(times - t))) for t in inside])
+
+
+def _load_reference(cfg: DictConfig) -> tuple[Ensemble, np.ndarray]:
+    heldout = load_ensemble(dataset_path(cfg, "heldout"))
+    frames = evaluation_frames(heldout.n_frames, int(cfg.evaluation.frame_stride))
+    return heldout, frames
+
+
+def _write_outputs(cfg, name, times, scores, samples, snapshot_index) -> dict[str, float]:
+    summary = summarize(scores)
+    summary["n_frames"] = len(times)
+    summary["n_samples"] = int(samples.shape[1])
+    path = metrics_path(cfg, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+
+    folder = plots_dir(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_frame_table(folder / f"{name}.csv", times, scores)
+    np.savez(
+        folder / f"{name}_snapshots.npz",
+        times=times[snapshot_index],
+        samples=samples[snapshot_index].astype(np.float32),
+    )
+    return summary
+
+
+def run_noise_floor(cfg: DictConfig) -> dict[str, float]:
+    """Score the training ensemble against the held-out one: the sampling-noise floor.
+
+    Both ensembles are cut to the number of samples that models are scored with, so the
+    floor is what a perfect model would reach.
+    """
+    heldout, frames = _load_reference(cfg)
+    train = load_ensemble(dataset_path(cfg, "train"))
+    n_samples = int(cfg.evaluation.n_samples or heldout.n_particles)
+    if train.n_particles < n_samples:
+        log.warning(
+            "Training ensemble has %d particles, fewer than the %d samples models are scored "
+            "with; the noise floor is computed from %d",
+            train.n_particles, n_samples, train.n_particles,
+        )
+    samples = np.asarray(train.positions[frames, :n_samples])
+    scores = score_frames(
+        samples,
+        heldout.positions[frames],
+        build_system(cfg.system).domain,
+        int(cfg.evaluation.jsd_bins),
+        int(cfg.evaluation.w1_max_points),
+        seed=int(cfg.seed),
+        desc="noise floor",
+    )
+    snapshots = snapshot_frames(heldout.times[frames], list(cfg.evaluation.snapshot_times))
+    summary = _write_outputs(cfg, NOISE_FLOOR, heldout.times[frames], scores, samples, snapshots)
+    # The held-out ensemble at the snapshot frames is the "truth" row of snapshot figures.
+    np.savez(
+        plots_dir(cfg) / "truth_snapshots.npz",
+        times=heldout.times[frames][snapshots],
+        samples=heldout.positions[frames][snapshots],
+    )
+    log.info("Noise floor of %s/%s: %s", cfg.system.name, cfg.protocol.name, summary)
+    return summary
+
+
+def load_trained_model(cfg: DictConfig, device: str = "cpu"):
+    """Load the configured model's checkpoint and its run record from ``model_dir``."""
+    folder = model_dir(cfg)
+    record_path = folder / "run.json"
+    if not record_path.is_file():
+        raise FileNotFoundError(
+            f"{record_path} not found; train the model first with `neqgen train "
+            f"model={cfg.model.name} protocol={cfg.protocol.name}`"
+        )
+    record = json.loads(record_path.read_text())
+    model_class = hydra.utils.get_class(record["model_target"])
+    model = model_class.load_from_checkpoint(folder / "model.ckpt", map_location=device)
+    return model, record
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, float]:
+    """Sample the trained model at the evaluated frames and score it against the held-out set.
+
+    Writes the time-averaged metrics, the per-frame table and snapshot samples, and logs
+    metrics and figures into the model's own MLflow run.
+    """
+    device = str(cfg.evaluation.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("evaluation.device=cuda but no CUDA device is visible; use device=cpu")
+    heldout, frames = _load_reference(cfg)
+    model, record = load_trained_model(cfg, device)
+    if record["dataset_hash"] != load_ensemble(dataset_path(cfg, "train")).content_hash:
+        log.warning("The training dataset changed since %s was trained", record["run_name"])
+
+    times = heldout.times[frames]
+    n_samples = int(cfg.evaluation.n_samples or heldout.n_particles)
+    generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    samples = model.sample(
+        torch.as_tensor(times),
+        n_samples,
+        generator=generator,
+        batch_size=int(cfg.evaluation.batch_size),
+        progress=True,
+    ).numpy()
+    if not np.isfinite(samples).all():
+        raise RuntimeError(
+            f"{record['run_name']} generated NaN or inf samples; the model diverged. "
+            f"Retrain with a smaller model.learning_rate (now {cfg.model.learning_rate})"
+        )
+    system = build_system(cfg.system)
+    scores = score_frames(
+        samples,
+        heldout.positions[frames],
+        system.domain,
+        int(cfg.evaluation.jsd_bins),
+        int(cfg.evaluation.w1_max_points),
+        seed=int(cfg.seed),
+        desc=f"score {cfg.model.name}",
+    )
+    snapshots = snapshot_frames(times, list(cfg.evaluation.snapshot_times))
+    summary = _write_outputs(cfg, cfg.model.name, times, scores, samples, snapshots)
+    _log_to_run(cfg, record["run_id"], times, scores, summary, samples, heldout, frames, snapshots)
+    log.info("Evaluated %s: %s", record["run_name"], summary)
+    return summary
+
+
+def _log_to_run(cfg, run_id, times, scores, summary, samples, heldout, frames, snapshots):
+    ensure_experiment(cfg)
+    client = MlflowClient(tracking_uri(cfg))
+    for name, value in summary.items():
+        client.log_metric(run_id, f"eval/{name}", float(value))
+    now = int(time.time() * 1000)
+    per_frame = [
+        Metric(f"eval/{name}_per_frame", float(value), now, int(frames[index]))
+        for name, values in scores.items()
+        for index, value in enumerate(values)
+    ]
+    for start in range(0, len(per_frame), 1000):
+        client.log_batch(run_id, metrics=per_frame[start : start + 1000])
+
+    curves = {cfg.model.name: {"time": times, **scores}}
+    floor_table = plots_dir(cfg) / f"{NOISE_FLOOR}.csv"
+    if floor_table.is_file():
+        floor = np.genfromtxt(floor_table, delimiter=",", names=True)
+        curves["noise floor"] = {name: floor[name] for name in floor.dtype.names}
+    title = f"{cfg.model.name} on {cfg.system.name}/{cfg.protocol.name}"
+    figures = {
+        "metrics_over_time.png": plot_metrics_over_time(curves, title),
+        "snapshots.png": plot_snapshots(
+            {"held-out truth": heldout.positions[frames][snapshots], cfg.model.name: samples[snapshots]},
+            times[snapshots],
+            build_system(cfg.system).domain,
+            title=title,
+        ),
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        for filename, figure in figures.items():
+            figure.savefig(Path(scratch) / filename, dpi=110)
+            plt.close(figure)
+            client.log_artifact(run_id, str(Path(scratch) / filename), artifact_path="figures")
+        client.log_artifact(run_id, str(plots_dir(cfg) / f"{cfg.model.name}.csv"), "metrics")

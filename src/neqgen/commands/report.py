@@ -1,0 +1,91 @@
+"""Collect every model's metrics of the pipeline into one summary with comparison figures."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+from omegaconf import DictConfig, open_dict
+
+from neqgen.commands.evaluate import NOISE_FLOOR
+from neqgen.config import build_system, metrics_path, plots_dir
+from neqgen.evaluation.figures import plot_metrics_over_time, plot_snapshots
+from neqgen.tracking import ensure_experiment
+
+log = logging.getLogger(__name__)
+
+
+def _read_table(path: Path) -> dict[str, np.ndarray]:
+    table = np.genfromtxt(path, delimiter=",", names=True)
+    return {name: np.atleast_1d(table[name]) for name in table.dtype.names}
+
+
+def run_report(cfg: DictConfig) -> dict:
+    """Write the summary JSON and the comparison figures for cfg.pipeline, and log them.
+
+    The summary maps protocol -> model (and ``noise_floor``) -> time-averaged metrics. It is
+    written to <paths.metrics>/summary.json, the figures to <paths.plots>/figures/, and both
+    are logged to a ``report`` run in the system's MLflow experiment.
+    """
+    pipeline = cfg.pipeline
+    summary: dict[str, dict] = {}
+    figures: dict[str, plt.Figure] = {}
+    for protocol in pipeline.protocols:
+        protocol_cfg = cfg.copy()
+        with open_dict(protocol_cfg):
+            protocol_cfg.protocol.name = protocol
+        summary[protocol] = {}
+        curves = {}
+        snapshots = {}
+        for name in [*pipeline.models, NOISE_FLOOR]:
+            path = metrics_path(protocol_cfg, name)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"{path} not found; run `neqgen evaluate protocol={protocol}"
+                    + (" --noise-floor`" if name == NOISE_FLOOR else f" model={name}`")
+                    + " first, or `dvc repro`"
+                )
+            summary[protocol][name] = json.loads(path.read_text())
+            label = "noise floor" if name == NOISE_FLOOR else name
+            curves[label] = _read_table(plots_dir(protocol_cfg) / f"{name}.csv")
+            if name != NOISE_FLOOR:
+                snapshots[name] = np.load(plots_dir(protocol_cfg) / f"{name}_snapshots.npz")
+        truth = np.load(plots_dir(protocol_cfg) / "truth_snapshots.npz")
+
+        title = f"{cfg.system.name} / {protocol}"
+        figures[f"{protocol}_metrics_over_time.png"] = plot_metrics_over_time(curves, title)
+        rows = {"held-out truth": truth["samples"]}
+        rows.update({name: data["samples"] for name, data in snapshots.items()})
+        figures[f"{protocol}_snapshots.png"] = plot_snapshots(
+            rows, truth["times"], build_system(cfg.system).domain, title=title
+        )
+
+    summary_path = Path(cfg.paths.metrics) / "summary.json"
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps({cfg.system.name: summary}, indent=2) + "\n")
+    figure_dir = Path(cfg.paths.plots) / "figures"
+    figure_dir.mkdir(parents=True, exist_ok=True)
+    for filename, figure in figures.items():
+        figure.savefig(figure_dir / f"{cfg.system.name}_{filename}", dpi=110)
+        plt.close(figure)
+
+    with mlflow.start_run(
+        experiment_id=ensure_experiment(cfg),
+        run_name=f"report-{cfg.system.name}",
+        tags={"kind": "report", "system": cfg.system.name},
+    ):
+        for protocol, entries in summary.items():
+            for name, metrics in entries.items():
+                for metric, value in metrics.items():
+                    mlflow.log_metric(f"{protocol}/{name}/{metric}", float(value))
+        mlflow.log_artifact(str(summary_path))
+        for filename in figures:
+            mlflow.log_artifact(str(figure_dir / f"{cfg.system.name}_{filename}"), "figures")
+    log.info("Wrote %s and %d figures in %s", summary_path, len(figures), figure_dir)
+    return summary
+

@@ -1,0 +1,112 @@
+"""Train one model on one protocol's ensemble as a tracked MLflow run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from neqgen.config import build_system, dataset_path, model_dir, model_kwargs, to_container
+from neqgen.data.datamodule import EnsembleDataModule
+from neqgen.models.base import GenerativeModel
+from neqgen.tracking import ensure_experiment, flatten_params, log_params, tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: DictConfig, horizon: float, data_std: float) -> GenerativeModel:
+    """Instantiate cfg.model for the configured system and a dataset's horizon and spread."""
+    system = build_system(cfg.system)
+    kwargs = model_kwargs(cfg.model)
+    if "data_scale" in kwargs and kwargs["data_scale"] is None:
+        kwargs["data_scale"] = data_std
+    model_class = hydra.utils.get_class(cfg.model._target_)
+    return model_class(dim=system.dim, horizon=horizon, domain=system.domain, **kwargs)
+
+
+def run_training(cfg: DictConfig) -> dict:
+    """Fit cfg.model on the training ensemble and record the run in MLflow.
+
+    Writes ``<model_dir>/model.ckpt`` (the checkpoint with the lowest ``val/loss``) and
+    ``<model_dir>/run.json`` with the MLflow run id, so that evaluation can log into the
+    same run. Returns the contents of run.json.
+    """
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    datamodule = EnsembleDataModule(
+        dataset_path(cfg, "train"), seed=int(cfg.seed), **to_container(cfg.data)
+    )
+    ensemble = datamodule.prepare()
+    data_std = float(ensemble.positions.std())
+    model = build_model(cfg, horizon=float(ensemble.times[-1]), data_std=data_std)
+
+    experiment_id = ensure_experiment(cfg)
+    dataset_hash = ensemble.content_hash
+    run_name = f"{cfg.model.name}-{cfg.system.name}-{cfg.protocol.name}-{dataset_hash[:8]}"
+    tags = {
+        "model": cfg.model.name,
+        "family": model.family,
+        "system": cfg.system.name,
+        "protocol": cfg.protocol.name,
+        "dataset_hash": dataset_hash,
+        "dataset_path": str(dataset_path(cfg, "train")),
+    }
+    logger = MLFlowLogger(
+        experiment_name=cfg.tracking.experiment,
+        run_name=run_name,
+        tracking_uri=tracking_uri(cfg),
+        tags=tags,
+    )
+    output = model_dir(cfg)
+    output.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output, prefix=".checkpoints.") as checkpoints:
+        checkpoint = ModelCheckpoint(
+            dirpath=checkpoints, filename="best", monitor="val/loss", mode="min"
+        )
+        trainer = pl.Trainer(
+            **to_container(cfg.trainer),
+            logger=logger,
+            callbacks=[checkpoint],
+            default_root_dir=str(output),
+        )
+        trainer.fit(model, datamodule=datamodule)
+        best_path = Path(checkpoint.best_model_path)
+        if not best_path.is_file():
+            raise RuntimeError(
+                f"training produced no checkpoint in {checkpoints}; check that "
+                f"trainer.max_epochs ({cfg.trainer.max_epochs}) is at least 1"
+            )
+        final_path = output / "model.ckpt"
+        best_path.replace(final_path)
+
+    client = MlflowClient(tracking_uri(cfg))
+    run_id = logger.run_id
+    log_params(client, run_id, flatten_params(to_container(cfg), prefix="config."))
+    best_val = float(checkpoint.best_model_score)
+    client.log_metric(run_id, "best/val_loss", best_val)
+    with tempfile.TemporaryDirectory() as scratch:
+        config_file = Path(scratch) / "config.yaml"
+        config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        client.log_artifact(run_id, str(config_file))
+    client.log_artifact(run_id, str(final_path), artifact_path="checkpoint")
+
+    record = {
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "run_name": run_name,
+        "checkpoint": str(final_path),
+        "model_target": cfg.model._target_,
+        "dataset_hash": dataset_hash,
+        "best_val_loss": best_val,
+        "epochs": trainer.current_epoch,
+    }
+    (output / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    log.info("Trained %s: best val/loss %.4g, MLflow run %s", run_name, best_val, run_id)
+    return record

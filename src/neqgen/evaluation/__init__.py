@@ -1,0 +1,1 @@
+"""Per-frame metrics, summaries and figures."""

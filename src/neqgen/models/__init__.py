@@ -1,0 +1,7 @@
+"""Generative models behind one sampling interface, in equilibrium and non-equilibrium families."""
+
+from neqgen.models.base import GenerativeModel
+from neqgen.models.equilibrium.energy import TimeConditionedEnergy
+from neqgen.models.nonequilibrium.diffusion import TimeConditionedDiffusion
+
+__all__ = ["GenerativeModel", "TimeConditionedDiffusion", "TimeConditionedEnergy"]

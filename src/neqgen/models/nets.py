@@ -1,0 +1,62 @@
+"""Network building blocks shared by the models."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class FourierTime(nn.Module):
+    """Embed a time t in [0, horizon] as (t / horizon, sin(pi j t / horizon), cos(...)).
+
+    Frequencies j = 1 .. n_frequencies resolve structure down to a time scale of about
+    horizon / n_frequencies.
+    """
+
+    def __init__(self, horizon: float, n_frequencies: int):
+        super().__init__()
+        self.horizon = float(horizon)
+        frequencies = math.pi * torch.arange(1, n_frequencies + 1, dtype=torch.float32)
+        self.register_buffer("frequencies", frequencies)
+
+    @property
+    def out_features(self) -> int:
+        return 1 + 2 * len(self.frequencies)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        scaled = (t / self.horizon)[..., None]
+        angles = scaled * self.frequencies
+        return torch.cat((scaled, torch.sin(angles), torch.cos(angles)), dim=-1)
+
+
+class SinusoidalEmbedding(nn.Module):
+    """Transformer-style sinusoidal embedding of a diffusion step in [0, 1]."""
+
+    def __init__(self, n_features: int, max_period: float = 1000.0):
+        super().__init__()
+        half = n_features // 2
+        frequencies = torch.exp(-math.log(max_period) * torch.arange(half) / half)
+        self.register_buffer("frequencies", frequencies * max_period)
+
+    @property
+    def out_features(self) -> int:
+        return 2 * len(self.frequencies)
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        angles = s[..., None] * self.frequencies
+        return torch.cat((torch.sin(angles), torch.cos(angles)), dim=-1)
+
+
+def mlp(in_features: int, hidden: int, n_layers: int, out_features: int) -> nn.Sequential:
+    """Return an MLP with n_layers hidden layers of width hidden and SiLU activations."""
+    if n_layers < 1 or hidden < 1:
+        raise ValueError(
+            f"model.hidden and model.n_layers must be positive, got {hidden} and {n_layers}"
+        )
+    layers: list[nn.Module] = [nn.Linear(in_features, hidden), nn.SiLU()]
+    for _ in range(n_layers - 1):
+        layers += [nn.Linear(hidden, hidden), nn.SiLU()]
+    layers.append(nn.Linear(hidden, out_features))
+    return nn.Sequential(*layers)

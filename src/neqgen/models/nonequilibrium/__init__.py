@@ -1,0 +1,1 @@
+"""Models that learn a transport process rather than an energy."""
