@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from neqgen.config import ConfigError, load_config
+from neqgen.simulation import SimulationError
 
 log = logging.getLogger("neqgen")
 
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             run_report(cfg)
         elif args.command == "ui":
             return serve_ui(cfg, dry_run=args.dry_run)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, ValueError, FileNotFoundError, SimulationError) as error:
         log.error("%s", error)
         return 2
     return 0

@@ -60,3 +60,25 @@ def mlp(in_features: int, hidden: int, n_layers: int, out_features: int) -> nn.S
         layers += [nn.Linear(hidden, hidden), nn.SiLU()]
     layers.append(nn.Linear(hidden, out_features))
     return nn.Sequential(*layers)
+
+
+class ConditionedMLP(nn.Module):
+    """An MLP on (x, c) whose first layer is W_x x + W_c c, with c broadcast against x.
+
+    Projecting the condition c separately lets one condition (say, one time) serve a whole
+    grid of points without being copied to every point first.
+    """
+
+    def __init__(
+        self, in_features: int, condition_features: int, hidden: int, n_layers: int, out: int
+    ):
+        super().__init__()
+        self.input = nn.Linear(in_features, hidden)
+        self.condition = nn.Linear(condition_features, hidden, bias=False)
+        self.body = mlp(hidden, hidden, n_layers - 1, out) if n_layers > 1 else nn.Linear(
+            hidden, out
+        )
+
+    def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        hidden = nn.functional.silu(self.input(x) + self.condition(condition))
+        return self.body(hidden)

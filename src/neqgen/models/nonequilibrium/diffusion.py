@@ -7,7 +7,7 @@ import math
 import torch
 
 from neqgen.models.base import GenerativeModel
-from neqgen.models.nets import FourierTime, SinusoidalEmbedding, mlp
+from neqgen.models.nets import ConditionedMLP, FourierTime, SinusoidalEmbedding
 
 
 def cosine_alpha_bar(n_steps: int, offset: float = 0.008) -> torch.Tensor:
@@ -41,6 +41,10 @@ class TimeConditionedDiffusion(GenerativeModel):
     the domain (widened by half its size) and draws x_{s-1} from the Gaussian posterior
     q(x_{s-1} | x_s, x_0), as in the reference DDPM sampler.
 
+    NOTE: this sampler ignores the spread of x_0 given x_s, so it narrows the distribution.
+    With the exact noise predictor for Gaussian data of standard deviation 0.25 (in units
+    of ``data_scale``), 100 steps give a variance 12% low and 1000 steps 1.5% low.
+
     Parameters
     ----------
     n_diffusion_steps:
@@ -73,8 +77,8 @@ class TimeConditionedDiffusion(GenerativeModel):
         self.data_scale = data_scale
         self.time_embedding = FourierTime(horizon, n_time_frequencies)
         self.step_embedding = SinusoidalEmbedding(32)
-        in_features = dim + self.time_embedding.out_features + self.step_embedding.out_features
-        self.net = mlp(in_features, hidden, n_layers, dim)
+        condition_features = self.time_embedding.out_features + self.step_embedding.out_features
+        self.net = ConditionedMLP(dim, condition_features, hidden, n_layers, dim)
         self.register_buffer("alpha_bar", cosine_alpha_bar(n_diffusion_steps).float())
         bounds = torch.tensor(self.domain, dtype=torch.float32)
         margin = (bounds[:, 1] - bounds[:, 0]) / 2
@@ -84,8 +88,8 @@ class TimeConditionedDiffusion(GenerativeModel):
     def predict_noise(self, x: torch.Tensor, step: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Return eps_theta(x_s, s, t) for x (n, dim), integer steps (n,) and times (n,)."""
         step_features = self.step_embedding(step.float() / self.n_diffusion_steps)
-        features = torch.cat((x, step_features, self.time_embedding(t)), dim=-1)
-        return self.net(features)
+        condition = torch.cat((step_features, self.time_embedding(t)), dim=-1)
+        return self.net(x, condition)
 
     def loss(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x0 = x.reshape(-1, self.dim) / self.data_scale
