@@ -17,7 +17,10 @@ def tiny_config(tmp_path):
     """Return a factory of tiny-sized configs whose outputs all land under tmp_path."""
 
     def compose(*overrides: str):
-        paths = [f"paths.{name}={tmp_path / name}" for name in ("data", "models", "metrics", "plots", "mlruns")]
+        paths = [
+            f"paths.{name}={tmp_path / name}"
+            for name in ("data", "models", "metrics", "plots", "mlruns")
+        ]
         return load_config(["experiment=tiny", *paths, *overrides], CONFIG_DIR)
 
     return compose

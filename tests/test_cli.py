@@ -52,8 +52,11 @@ def test_missing_config_dir_names_the_fix(tmp_path):
 def test_simulate_rejects_equal_seeds(tiny_config, tmp_path, caplog):
     code = main(
         [
-            "--config-dir", str(CONFIG_DIR),
-            "simulate", "experiment=tiny", f"paths.data={tmp_path}",
+            "--config-dir",
+            str(CONFIG_DIR),
+            "simulate",
+            "experiment=tiny",
+            f"paths.data={tmp_path}",
             "simulation.heldout_seed=0",
         ]
     )
@@ -66,9 +69,14 @@ def test_simulate_rejects_equal_seeds(tiny_config, tmp_path, caplog):
 def test_simulate_blow_up_writes_nothing(tmp_path, caplog):
     code = main(
         [
-            "--config-dir", str(CONFIG_DIR),
-            "simulate", "experiment=tiny", f"paths.data={tmp_path}",
-            "simulation.dt=0.5", "simulation.horizon=5", "simulation.n_frames=3",
+            "--config-dir",
+            str(CONFIG_DIR),
+            "simulate",
+            "experiment=tiny",
+            f"paths.data={tmp_path}",
+            "simulation.dt=0.5",
+            "simulation.horizon=5",
+            "simulation.n_frames=3",
         ]
     )
 
@@ -96,8 +104,12 @@ def test_ui_dry_run_prints_loopback_address(tmp_path, capsys):
 
     code = main(
         [
-            "--config-dir", str(CONFIG_DIR),
-            "ui", f"ui.port={port}", f"paths.mlruns={tmp_path / 'mlruns'}", "--dry-run",
+            "--config-dir",
+            str(CONFIG_DIR),
+            "ui",
+            f"ui.port={port}",
+            f"paths.mlruns={tmp_path / 'mlruns'}",
+            "--dry-run",
         ]
     )
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from neqgen.data.dataset import save_ensemble
 from neqgen.data.datamodule import EnsembleDataModule
+from neqgen.data.dataset import save_ensemble
 from neqgen.models import TimeConditionedDiffusion, TimeConditionedEnergy
 
 DOMAIN = [[-1.5, 1.5], [-1.5, 1.5]]
@@ -30,9 +30,7 @@ def test_energy_grid_sampler_draws_boltzmann_density(monkeypatch):
     # variance of width^2 / 12 ~ 1e-5, well inside the tolerance.
     model = TimeConditionedEnergy(dim=2, horizon=1.0, domain=DOMAIN, sample_grid=256)
     center, std = torch.tensor([0.2, -0.1]), 0.3
-    monkeypatch.setattr(
-        model, "energy", lambda x, t: ((x - center) ** 2).sum(-1) / (2 * std**2)
-    )
+    monkeypatch.setattr(model, "energy", lambda x, t: ((x - center) ** 2).sum(-1) / (2 * std**2))
 
     samples = model.sample(torch.tensor([0.5]), 20_000, torch.Generator().manual_seed(0))
 
@@ -52,8 +50,10 @@ def test_diffusion_sampler_with_exact_noise_predictor(monkeypatch):
 
     def exact_noise(x, step, t):
         alpha_bar = model.alpha_bar[step][:, None]
-        return (1 - alpha_bar).sqrt() * (x - alpha_bar.sqrt() * mean) / (
-            alpha_bar * std**2 + 1 - alpha_bar
+        return (
+            (1 - alpha_bar).sqrt()
+            * (x - alpha_bar.sqrt() * mean)
+            / (alpha_bar * std**2 + 1 - alpha_bar)
         )
 
     monkeypatch.setattr(model, "predict_noise", exact_noise)

@@ -22,9 +22,7 @@ MODELS = ("energy", "diffusion")
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900
-    )
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
@@ -35,7 +33,9 @@ def pipeline_repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("pipeline") / "repo"
     repo.mkdir()
     for name in ("conf", "src"):
-        shutil.copytree(REPO_ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            REPO_ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__")
+        )
     shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
     pipeline = repo / "conf" / "pipeline" / "default.yaml"
     pipeline.write_text(pipeline.read_text().replace("experiment: default", "experiment: tiny"))

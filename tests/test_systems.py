@@ -56,7 +56,9 @@ def test_rotating_wells_minima_are_stationary(t):
     minima = system.minima(t)
 
     assert minima.shape == (5, 2)
-    torch.testing.assert_close(system.drift(minima, t), torch.zeros_like(minima), atol=1e-9, rtol=0)
+    torch.testing.assert_close(
+        system.drift(minima, t), torch.zeros_like(minima), atol=1e-9, rtol=0
+    )
     # Each minimum is lower than points displaced from it in any direction.
     for angle in torch.linspace(0, 2 * math.pi, 9)[:-1]:
         offset = 0.02 * torch.stack((torch.cos(angle), torch.sin(angle))).to(minima)

@@ -95,11 +95,18 @@ def serve_ui(cfg, dry_run: bool = False) -> int:
                 f"`neqgen ui ui.port=5001`"
             ) from error
     command = [
-        sys.executable, "-m", "mlflow", "ui",
-        "--backend-store-uri", tracking_uri(cfg),
-        "--default-artifact-root", artifact_root(cfg).as_uri(),
-        "--host", host,
-        "--port", str(port),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        tracking_uri(cfg),
+        "--default-artifact-root",
+        artifact_root(cfg).as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
     ]
     print(f"MLflow UI for {Path(cfg.paths.mlruns).resolve()} at http://{host}:{port}", flush=True)
     if dry_run:

@@ -109,7 +109,9 @@ def simulate(
     substeps = max(1, math.ceil(spacing / dt - 1e-9))
     step = spacing / substeps
     if step != dt:
-        log.info("Using an integration step of %.3g (%d per frame) for dt=%.3g", step, substeps, dt)
+        log.info(
+            "Using an integration step of %.3g (%d per frame) for dt=%.3g", step, substeps, dt
+        )
 
     device = torch.device(device)
     sde = system.sde()
@@ -130,9 +132,12 @@ def simulate(
     n_frames = len(times)
     bounds = torch.linspace(0, n_frames - 1, min(n_chunks, n_frames - 1) + 1).round().long()
     frames = [state.cpu()[None]]
-    with torch.no_grad(), tqdm(
-        total=float(times[-1] - times[0]), desc="simulate", unit="time", disable=not progress
-    ) as bar:
+    with (
+        torch.no_grad(),
+        tqdm(
+            total=float(times[-1] - times[0]), desc="simulate", unit="time", disable=not progress
+        ) as bar,
+    ):
         for first, last in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             chunk_times = ts[first : last + 1]
             path = torchsde.sdeint(sde, state, chunk_times, bm=brownian, dt=step, method=method)

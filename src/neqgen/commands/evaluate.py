@@ -76,7 +76,9 @@ def run_noise_floor(cfg: DictConfig) -> dict[str, float]:
         log.warning(
             "Training ensemble has %d particles, fewer than the %d samples models are scored "
             "with; the noise floor is computed from %d",
-            train.n_particles, n_samples, train.n_particles,
+            train.n_particles,
+            n_samples,
+            train.n_particles,
         )
     samples = np.asarray(train.positions[frames, :n_samples])
     scores = score_frames(
@@ -184,7 +186,10 @@ def _log_to_run(cfg, run_id, times, scores, summary, samples, heldout, frames, s
     figures = {
         "metrics_over_time.png": plot_metrics_over_time(curves, title),
         "snapshots.png": plot_snapshots(
-            {"held-out truth": heldout.positions[frames][snapshots], cfg.model.name: samples[snapshots]},
+            {
+                "held-out truth": heldout.positions[frames][snapshots],
+                cfg.model.name: samples[snapshots],
+            },
             times[snapshots],
             build_system(cfg.system).domain,
             title=title,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -88,4 +87,3 @@ def run_report(cfg: DictConfig) -> dict:
             mlflow.log_artifact(str(figure_dir / f"{cfg.system.name}_{filename}"), "figures")
     log.info("Wrote %s and %d figures in %s", summary_path, len(figures), figure_dir)
     return summary
-

@@ -42,7 +42,12 @@ def run_simulation(cfg: DictConfig) -> dict[str, str]:
     for split, seed in (("train", sim.seed), ("heldout", sim.heldout_seed)):
         log.info(
             "Simulating %s ensemble of %s/%s: %d particles, %d frames, seed %d",
-            split, cfg.system.name, cfg.protocol.name, sim.n_particles, sim.n_frames, seed,
+            split,
+            cfg.system.name,
+            cfg.protocol.name,
+            sim.n_particles,
+            sim.n_frames,
+            seed,
         )
         generator = torch.Generator().manual_seed(int(seed))
         x0 = initial_positions(system, cfg.protocol.start, sim.n_particles, generator)
@@ -68,7 +73,9 @@ def run_simulation(cfg: DictConfig) -> dict[str, str]:
             "protocol": cfg.protocol.name,
             # The sections that define the data; model and trainer settings stay out so
             # they cannot change a dataset's hash.
-            "config": {key: to_container(cfg[key]) for key in ("system", "protocol", "simulation")},
+            "config": {
+                key: to_container(cfg[key]) for key in ("system", "protocol", "simulation")
+            },
             "versions": library_versions(),
         }
         path = dataset_path(cfg, split)

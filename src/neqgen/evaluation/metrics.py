@@ -39,9 +39,7 @@ def jensen_shannon_samples(
     return jensen_shannon(histogram(a, domain, bins), histogram(b, domain, bins))
 
 
-def wasserstein1(
-    a: np.ndarray, b: np.ndarray, max_points: int, rng: np.random.Generator
-) -> float:
+def wasserstein1(a: np.ndarray, b: np.ndarray, max_points: int, rng: np.random.Generator) -> float:
     """Return the exact Wasserstein-1 distance between equal-size random subsets of a and b.
 
     With n points on each side and uniform weights, the optimal transport plan is a

@@ -41,7 +41,7 @@ class GenerativeModel(pl.LightningModule):
 
     @abstractmethod
     def loss(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Return the scalar training loss for positions (frames, particles, dim) at t (frames,)."""
+        """Return the scalar training loss of x (frames, particles, dim) at times t (frames,)."""
 
     @abstractmethod
     def sample_times(self, t: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -75,8 +75,8 @@ class ConditionedMLP(nn.Module):
         super().__init__()
         self.input = nn.Linear(in_features, hidden)
         self.condition = nn.Linear(condition_features, hidden, bias=False)
-        self.body = mlp(hidden, hidden, n_layers - 1, out) if n_layers > 1 else nn.Linear(
-            hidden, out
+        self.body = (
+            mlp(hidden, hidden, n_layers - 1, out) if n_layers > 1 else nn.Linear(hidden, out)
         )
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:

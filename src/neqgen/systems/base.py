@@ -29,9 +29,7 @@ class System(ABC):
         if not beta > 0:
             raise ValueError(f"system.beta must be positive, got {beta}")
         if len(domain) != self.dim or any(len(bounds) != 2 for bounds in domain):
-            raise ValueError(
-                f"system.domain must list {self.dim} [low, high] pairs, got {domain}"
-            )
+            raise ValueError(f"system.domain must list {self.dim} [low, high] pairs, got {domain}")
         for low, high in domain:
             if not high > low:
                 raise ValueError(f"system.domain bounds must have high > low, got {domain}")

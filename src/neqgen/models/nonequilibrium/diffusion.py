@@ -69,7 +69,9 @@ class TimeConditionedDiffusion(GenerativeModel):
     ):
         super().__init__(dim, horizon, domain, learning_rate)
         if n_diffusion_steps < 2:
-            raise ValueError(f"model.n_diffusion_steps must be at least 2, got {n_diffusion_steps}")
+            raise ValueError(
+                f"model.n_diffusion_steps must be at least 2, got {n_diffusion_steps}"
+            )
         if not data_scale > 0:
             raise ValueError(f"model.data_scale must be positive, got {data_scale}")
         self.save_hyperparameters()
