@@ -25,7 +25,7 @@ class GenerativeModel(pl.LightningModule):
     domain:
         Per-dimension (low, high) bounds of the system's region of interest.
     learning_rate:
-        Adam learning rate.
+        Initial Adam learning rate.
     """
 
     family: str = "unknown"
@@ -104,4 +104,12 @@ class GenerativeModel(pl.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.learning_rate)
+        """Use Adam with the learning rate annealed on a cosine to 1% over max_epochs."""
+        optimizer = torch.optim.Adam(self.parameters(), lr=self.learning_rate)
+        max_epochs = self.trainer.max_epochs if self._trainer is not None else None
+        if not max_epochs or max_epochs < 1:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max_epochs, eta_min=0.01 * self.learning_rate
+        )
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

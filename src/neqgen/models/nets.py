@@ -31,6 +31,30 @@ class FourierTime(nn.Module):
         return torch.cat((scaled, torch.sin(angles), torch.cos(angles)), dim=-1)
 
 
+class FourierPosition(nn.Module):
+    """Random Fourier features (x, sin(2 pi B x), cos(2 pi B x)) of a position x.
+
+    B is a fixed (n_frequencies, dim) matrix with N(0, scale^2) entries drawn from
+    ``seed``, so features resolve structure down to a length of about 1 / (2 pi scale) in
+    the units of x (Tancik et al. 2020, "Fourier features let networks learn high
+    frequency functions in low dimensional domains").
+    """
+
+    def __init__(self, dim: int, n_frequencies: int, scale: float, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        frequencies = scale * torch.randn(n_frequencies, dim, generator=generator)
+        self.register_buffer("frequencies", frequencies)
+
+    @property
+    def out_features(self) -> int:
+        return self.frequencies.shape[1] + 2 * self.frequencies.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angles = 2 * math.pi * x @ self.frequencies.T
+        return torch.cat((x, torch.sin(angles), torch.cos(angles)), dim=-1)
+
+
 class SinusoidalEmbedding(nn.Module):
     """Transformer-style sinusoidal embedding of a diffusion step in [0, 1]."""
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from neqgen.models.base import GenerativeModel
-from neqgen.models.nets import ConditionedMLP, FourierTime
+from neqgen.models.nets import ConditionedMLP, FourierPosition, FourierTime
 
 
 class TimeConditionedEnergy(GenerativeModel):
@@ -31,6 +31,9 @@ class TimeConditionedEnergy(GenerativeModel):
         Cells per dimension of the normalisation grid in training and of the sampling grid.
     hidden, n_layers, n_time_frequencies:
         Width and depth of the MLP and the number of time frequencies it sees.
+    n_space_frequencies, space_frequency_scale:
+        Number and spread (cycles per half-width of the domain) of random Fourier features
+        of the position; 0 feeds the plain position.
     """
 
     family = "equilibrium"
@@ -46,11 +49,20 @@ class TimeConditionedEnergy(GenerativeModel):
         n_time_frequencies: int = 32,
         train_grid: int = 48,
         sample_grid: int = 128,
+        n_space_frequencies: int = 0,
+        space_frequency_scale: float = 2.0,
     ):
         super().__init__(dim, horizon, domain, learning_rate)
         self.save_hyperparameters()
         self.time_embedding = FourierTime(horizon, n_time_frequencies)
-        self.net = ConditionedMLP(dim, self.time_embedding.out_features, hidden, n_layers, 1)
+        self.position_embedding = FourierPosition(dim, n_space_frequencies, space_frequency_scale)
+        self.net = ConditionedMLP(
+            self.position_embedding.out_features,
+            self.time_embedding.out_features,
+            hidden,
+            n_layers,
+            1,
+        )
         bounds = torch.tensor(self.domain, dtype=torch.float32)
         self.register_buffer("center", bounds.mean(1))
         self.register_buffer("half_width", (bounds[:, 1] - bounds[:, 0]) / 2)
@@ -76,7 +88,8 @@ class TimeConditionedEnergy(GenerativeModel):
     def energy(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Return E(x, t) for x of shape (..., dim) and t broadcastable to x.shape[:-1]."""
         shape = torch.broadcast_shapes(x.shape[:-1], t.shape)
-        energy = self.net((x - self.center) / self.half_width, self.time_embedding(t))
+        position = self.position_embedding((x - self.center) / self.half_width)
+        energy = self.net(position, self.time_embedding(t))
         return torch.broadcast_to(energy.squeeze(-1), shape)
 
     def log_partition(self, t: torch.Tensor, cells: torch.Tensor, log_volume: float):
