@@ -25,6 +25,14 @@ def test_dataset_roundtrip_keeps_content_and_metadata(tmp_path):
     assert loaded.content_hash == written.content_hash
 
 
+def test_dataset_file_is_byte_identical_on_rewrite(tmp_path):
+    positions, times = example_arrays()
+    save_ensemble(tmp_path / "a.npz", positions, times, {"seed": 3})
+    save_ensemble(tmp_path / "b.npz", positions, times, {"seed": 3})
+
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
 def test_dataset_hash_depends_on_content(tmp_path):
     positions, times = example_arrays()
     first = save_ensemble(tmp_path / "a.npz", positions, times, {"seed": 3})

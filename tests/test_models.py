@@ -40,9 +40,9 @@ def test_energy_grid_sampler_draws_boltzmann_density(monkeypatch):
 
 def test_diffusion_sampler_with_exact_noise_predictor(monkeypatch):
     # For data N(m, s^2 I), the optimal noise prediction at step s is
-    # sqrt(1 - ab) (x - sqrt(ab) m) / (ab s^2 + 1 - ab); the reverse process then
-    # reproduces the data distribution up to a discretisation bias: with 100 steps the
-    # variance comes out about 12% low, with 1000 steps about 1.5% low.
+    # sqrt(1 - ab) (x - sqrt(ab) m) / (ab s^2 + 1 - ab). The reverse process then reproduces
+    # the data up to a discretisation bias. With 100 steps the variance comes out about 12%
+    # low, with 1000 steps about 1.5% low.
     model = TimeConditionedDiffusion(
         dim=2, horizon=1.0, domain=DOMAIN, data_scale=1.0, n_diffusion_steps=1000
     )

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -112,10 +112,8 @@ def serve_ui(cfg, dry_run: bool = False) -> int:
     if dry_run:
         print(" ".join(command))
         return 0
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:
-        return 0
+    # Replace this process with the server, so signals (Ctrl-C, SIGTERM) reach it directly.
+    os.execv(command[0], command)
 
 
 def main(argv: list[str] | None = None) -> int:

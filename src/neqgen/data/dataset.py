@@ -106,12 +106,12 @@ def save_ensemble(
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
-            np.savez(
-                stream,
-                positions=positions,
-                times=times,
-                metadata=np.array(json.dumps(metadata, sort_keys=True)),
-            )
+            arrays = {
+                "positions": positions,
+                "times": times,
+                "metadata": np.array(json.dumps(metadata, sort_keys=True)),
+            }
+            _write_npz(stream, arrays)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
@@ -119,6 +119,19 @@ def save_ensemble(
         Path(temporary).unlink(missing_ok=True)
         raise
     return Ensemble(positions, times, metadata)
+
+
+def _write_npz(stream, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays as an uncompressed .npz archive with fixed member timestamps.
+
+    ``np.savez`` stamps each member with the current time, so the same arrays would give
+    different bytes (and different DVC hashes) on every run.
+    """
+    with zipfile.ZipFile(stream, mode="w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(member, mode="w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asarray(array), allow_pickle=False)
 
 
 def load_ensemble(path: str | os.PathLike, verify: bool = True) -> Ensemble:

@@ -10,7 +10,7 @@ from scipy.spatial.distance import cdist
 def histogram(samples: np.ndarray, domain: list[list[float]], bins: int) -> np.ndarray:
     """Return normalised counts on a grid of bins^dim cells over domain, plus one outside cell.
 
-    The last entry holds the fraction of samples outside the domain, so no mass is dropped.
+    The last entry is the fraction of samples outside the domain, so no mass is dropped.
     """
     counts, _ = np.histogramdd(samples, bins=bins, range=domain)
     counts = counts.ravel()
