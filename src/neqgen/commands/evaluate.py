@@ -45,7 +45,7 @@ def _load_reference(cfg: DictConfig) -> tuple[Ensemble, np.ndarray]:
 
 
 def _write_outputs(cfg, name, times, scores, samples, snapshot_index) -> dict[str, float]:
-    summary = summarize(scores)
+    summary = summarize(scores, times, float(cfg.evaluation.early_until))
     summary["n_frames"] = len(times)
     summary["n_samples"] = int(samples.shape[1])
     path = metrics_path(cfg, name)

@@ -18,10 +18,24 @@ from neqgen.tracking import ensure_experiment
 
 log = logging.getLogger(__name__)
 
+# The time-averaged, early-time and worst per-frame scores kept for every model.
+SUMMARY_KEYS = ("jsd_mean", "w1_mean", "jsd_early_mean", "w1_early_mean", "jsd_max", "w1_max")
+
 
 def _read_table(path: Path) -> dict[str, np.ndarray]:
     table = np.genfromtxt(path, delimiter=",", names=True)
     return {name: np.atleast_1d(table[name]) for name in table.dtype.names}
+
+
+def format_table(system: str, summary: dict[str, dict]) -> str:
+    """Return the summary as a Markdown table, one row per protocol and model."""
+    header = "| system | protocol | model | " + " | ".join(SUMMARY_KEYS) + " |"
+    lines = [header, "|" + " --- |" * (3 + len(SUMMARY_KEYS))]
+    for protocol, entries in summary.items():
+        for name, metrics in entries.items():
+            values = " | ".join(f"{metrics[key]:.4f}" for key in SUMMARY_KEYS)
+            lines.append(f"| {system} | {protocol} | {name} | {values} |")
+    return "\n".join(lines) + "\n"
 
 
 def run_report(cfg: DictConfig) -> dict:
@@ -49,7 +63,8 @@ def run_report(cfg: DictConfig) -> dict:
                     + (" --noise-floor`" if name == NOISE_FLOOR else f" model={name}`")
                     + " first, or `dvc repro`"
                 )
-            summary[protocol][name] = json.loads(path.read_text())
+            metrics = json.loads(path.read_text())
+            summary[protocol][name] = {key: metrics[key] for key in SUMMARY_KEYS}
             label = "noise floor" if name == NOISE_FLOOR else name
             curves[label] = _read_table(plots_dir(protocol_cfg) / f"{name}.csv")
             if name != NOISE_FLOOR:
@@ -67,6 +82,8 @@ def run_report(cfg: DictConfig) -> dict:
     summary_path = Path(cfg.paths.metrics) / "summary.json"
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps({cfg.system.name: summary}, indent=2) + "\n")
+    table_path = summary_path.with_suffix(".md")
+    table_path.write_text(format_table(cfg.system.name, summary))
     figure_dir = Path(cfg.paths.plots) / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
     for filename, figure in figures.items():
@@ -83,6 +100,7 @@ def run_report(cfg: DictConfig) -> dict:
                 for metric, value in metrics.items():
                     mlflow.log_metric(f"{protocol}/{name}/{metric}", float(value))
         mlflow.log_artifact(str(summary_path))
+        mlflow.log_artifact(str(table_path))
         for filename in figures:
             mlflow.log_artifact(str(figure_dir / f"{cfg.system.name}_{filename}"), "figures")
     log.info("Wrote %s and %d figures in %s", summary_path, len(figures), figure_dir)

@@ -44,12 +44,20 @@ def score_frames(
     return scores
 
 
-def summarize(scores: dict[str, np.ndarray]) -> dict[str, float]:
-    """Return the time average and the maximum of every per-frame metric."""
+def summarize(
+    scores: dict[str, np.ndarray], times: np.ndarray, early_until: float
+) -> dict[str, float]:
+    """Return the time average, the maximum and the early-time average of every metric.
+
+    ``<metric>_early_mean`` averages the frames with t <= early_until, the transient in
+    which a relaxing ensemble is furthest from equilibrium.
+    """
+    early = times <= early_until
     summary = {}
     for name, values in scores.items():
         summary[f"{name}_mean"] = float(np.mean(values))
         summary[f"{name}_max"] = float(np.max(values))
+        summary[f"{name}_early_mean"] = float(np.mean(values[early]))
     return summary
 
 
