@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from neqgen.systems import Harmonic, RotatingWells
+from neqgen.systems import Harmonic, Prinz, RotatingWells
 
 PUBLISHED = dict(s=5, omega=math.pi / 2, k=10.0, r0=0.5, a=0.0, beta=5.0)
 QUINTUPLE = dict(s=5, omega=math.pi / 2, k=10.0, r0=1.5, a=0.5, nu=1.0, beta=5.0)
@@ -79,3 +79,40 @@ def test_harmonic_drift_matches_autograd():
     x = torch.randn(10, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
     torch.testing.assert_close(system.drift(x, 0.0), autograd_drift(system, x, 0.0))
+
+
+@pytest.mark.parametrize("tilt_amplitude", [0.0, 2.0])
+@pytest.mark.parametrize("t", [0.0, 0.3])
+def test_prinz_drift_matches_autograd(tilt_amplitude, t):
+    system = Prinz(tilt_amplitude=tilt_amplitude, tilt_frequency=1.0)
+    x = torch.linspace(-1.1, 1.1, 101, dtype=torch.float64)[:, None]
+
+    torch.testing.assert_close(system.drift(x, t), autograd_drift(system, x, t))
+
+
+def test_prinz_has_four_wells():
+    minima = Prinz().minima(0.0)[:, 0]
+
+    assert len(minima) == 4
+    # The published potential's wells sit near -0.74, -0.22, 0.27 and 0.67.
+    torch.testing.assert_close(
+        minima,
+        torch.tensor([-0.7394, -0.2237, 0.2692, 0.6733], dtype=torch.float64),
+        atol=1e-3,
+        rtol=0,
+    )
+
+
+def test_prinz_quench_switches_temperature():
+    system = Prinz(beta=1.0, quench_time=2.0, quench_beta=4.0)
+
+    assert system.beta_at(1.999) == 1.0
+    assert system.beta_at(2.0) == 4.0
+    assert system.noise_scale(3.0) == pytest.approx(math.sqrt(0.5))
+
+
+def test_prinz_rejects_half_configured_quench():
+    with pytest.raises(
+        ValueError, match="quench_time and system.quench_beta must be set together"
+    ):
+        Prinz(quench_time=1.0)

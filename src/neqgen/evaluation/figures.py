@@ -46,12 +46,15 @@ def plot_snapshots(
     bins: int = 60,
     title: str = "",
 ) -> plt.Figure:
-    """Draw 2D histograms of several sample sets (rows) at several times (columns).
+    """Draw histograms of several sample sets (rows) at several times (columns).
 
-    Each row's array has shape (n_times, n_samples, 2). Every column shares one colour scale
-    so densities at the same time can be compared.
+    Each row's array has shape (n_times, n_samples, dim). In 2D every column shares one
+    colour scale so densities at the same time can be compared; in 1D each time gets one
+    panel with a density curve per sample set.
     """
     names = list(rows)
+    if len(domain) == 1:
+        return _plot_snapshots_1d(rows, times, domain, bins, title)
     figure, axes = plt.subplots(
         len(names),
         len(times),
@@ -83,6 +86,31 @@ def plot_snapshots(
                 axis.set_title(f"t = {time:.3g}")
             if column == 0:
                 axis.set_ylabel(name)
+    if title:
+        figure.suptitle(title)
+    return figure
+
+
+def _plot_snapshots_1d(rows, times, domain, bins, title) -> plt.Figure:
+    figure, axes = plt.subplots(
+        1,
+        len(times),
+        figsize=(2.6 * len(times), 2.6),
+        squeeze=False,
+        sharey=True,
+        constrained_layout=True,
+    )
+    edges = np.linspace(*domain[0], bins + 1)
+    for column, time in enumerate(times):
+        axis = axes[0, column]
+        for name, samples in rows.items():
+            density, _ = np.histogram(samples[column][:, 0], bins=edges)
+            density = density / (len(samples[column]) * (edges[1] - edges[0]))
+            axis.stairs(density, edges, label=name)
+        axis.set_title(f"t = {time:.3g}")
+        axis.set_xlabel("x")
+    axes[0, 0].set_ylabel("density")
+    axes[0, -1].legend(fontsize="small")
     if title:
         figure.suptitle(title)
     return figure

@@ -2,6 +2,7 @@
 
 from neqgen.systems.base import LangevinSDE, System
 from neqgen.systems.harmonic import Harmonic
+from neqgen.systems.prinz import Prinz
 from neqgen.systems.rotating_wells import RotatingWells
 
-__all__ = ["Harmonic", "LangevinSDE", "RotatingWells", "System"]
+__all__ = ["Harmonic", "LangevinSDE", "Prinz", "RotatingWells", "System"]

@@ -48,10 +48,13 @@ class System(ABC):
         """Return the local minima of V(., t), shape (n_wells, dim)."""
         raise NotImplementedError(f"{type(self).__name__} does not list its minima")
 
-    @property
-    def noise_scale(self) -> float:
-        """The diffusion coefficient sqrt(2 / beta) of every coordinate."""
-        return math.sqrt(2.0 / self.beta)
+    def beta_at(self, t: float) -> float:
+        """Return the inverse temperature at time t; constant unless a protocol changes it."""
+        return self.beta
+
+    def noise_scale(self, t: float) -> float:
+        """Return the noise amplitude sqrt(2 / beta(t)) of every coordinate."""
+        return math.sqrt(2.0 / self.beta_at(t))
 
     def sde(self) -> LangevinSDE:
         """Wrap the system as a torchsde SDE with diagonal, state-independent noise."""
@@ -72,4 +75,4 @@ class LangevinSDE(torch.nn.Module):
         return self.system.drift(x, t)
 
     def g(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return torch.full_like(x, self.system.noise_scale)
+        return torch.full_like(x, self.system.noise_scale(float(t)))
