@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 run: install
 	dvc repro
 	dvc metrics show
-	@cat metrics/summary.md
+	@cat metrics/summary/*.md
 
 # The whole suite, including the end-to-end tests marked slow.
 test: install

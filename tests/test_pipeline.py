@@ -61,7 +61,8 @@ def pipeline_repo(tmp_path_factory):
 @pytest.mark.slow
 def test_pipeline_writes_summary_for_every_model(pipeline_repo):
     repo, _ = pipeline_repo
-    summary = json.loads((repo / "metrics" / "summary.json").read_text())["five_well"]
+    summary = json.loads((repo / "metrics" / "summary" / "five_well.json").read_text())
+    summary = summary["five_well"]
 
     assert sorted(summary) == sorted(PROTOCOLS)
     for protocol in PROTOCOLS:
@@ -77,7 +78,7 @@ def test_pipeline_metrics_show_prints_summary(pipeline_repo):
 
     output = run(["dvc", "metrics", "show"], repo, env)
 
-    assert "metrics/summary.json" in output
+    assert "metrics/summary/five_well.json" in output
     assert "jsd_mean" in output
 
 
@@ -129,9 +130,9 @@ def test_model_parameter_change_reruns_only_that_model(pipeline_repo):
         energy.write_text(original)
 
     for protocol in PROTOCOLS:
-        assert f"train@{protocol}-energy" in output
-        assert f"train@{protocol}-diffusion" not in output
-        assert f"simulate@{protocol}" not in output
+        assert f"train@five_well-{protocol}-energy" in output
+        assert f"train@five_well-{protocol}-diffusion" not in output
+        assert f"simulate@five_well-{protocol}" not in output
 
 
 @pytest.mark.slow
@@ -146,4 +147,4 @@ def test_system_parameter_change_reruns_simulation(pipeline_repo):
         system.write_text(original)
 
     for protocol in PROTOCOLS:
-        assert f"simulate@{protocol}" in output
+        assert f"simulate@five_well-{protocol}" in output

@@ -41,9 +41,10 @@ def format_table(system: str, summary: dict[str, dict]) -> str:
 def run_report(cfg: DictConfig) -> dict:
     """Write the summary JSON and the comparison figures for cfg.pipeline, and log them.
 
-    The summary maps protocol -> model (and ``noise_floor``) -> time-averaged metrics. It is
-    written to <paths.metrics>/summary.json, the figures to <paths.plots>/figures/, and both
-    are logged to a ``report`` run in the system's MLflow experiment.
+    The summary maps system -> protocol -> model (and ``noise_floor``) -> metrics. It is
+    written to <paths.metrics>/summary/<system>.json (and .md), the figures to
+    <paths.plots>/figures/<system>/, and all are logged to a ``report`` run in the
+    system's MLflow experiment.
     """
     pipeline = cfg.pipeline
     summary: dict[str, dict] = {}
@@ -79,15 +80,15 @@ def run_report(cfg: DictConfig) -> dict:
             rows, truth["times"], build_system(cfg.system).domain, title=title
         )
 
-    summary_path = Path(cfg.paths.metrics) / "summary.json"
+    summary_path = Path(cfg.paths.metrics) / "summary" / f"{cfg.system.name}.json"
     summary_path.parent.mkdir(parents=True, exist_ok=True)
     summary_path.write_text(json.dumps({cfg.system.name: summary}, indent=2) + "\n")
     table_path = summary_path.with_suffix(".md")
     table_path.write_text(format_table(cfg.system.name, summary))
-    figure_dir = Path(cfg.paths.plots) / "figures"
+    figure_dir = Path(cfg.paths.plots) / "figures" / cfg.system.name
     figure_dir.mkdir(parents=True, exist_ok=True)
     for filename, figure in figures.items():
-        figure.savefig(figure_dir / f"{cfg.system.name}_{filename}", dpi=110)
+        figure.savefig(figure_dir / filename, dpi=110)
         plt.close(figure)
 
     with mlflow.start_run(
@@ -102,6 +103,6 @@ def run_report(cfg: DictConfig) -> dict:
         mlflow.log_artifact(str(summary_path))
         mlflow.log_artifact(str(table_path))
         for filename in figures:
-            mlflow.log_artifact(str(figure_dir / f"{cfg.system.name}_{filename}"), "figures")
+            mlflow.log_artifact(str(figure_dir / filename), "figures")
     log.info("Wrote %s and %d figures in %s", summary_path, len(figures), figure_dir)
     return summary
