@@ -84,7 +84,8 @@ def run_noise_floor(cfg: DictConfig) -> dict[str, float]:
     scores = score_frames(
         samples,
         heldout.positions[frames],
-        build_system(cfg.system).domain,
+        heldout.times[frames],
+        build_system(cfg.system),
         int(cfg.evaluation.jsd_bins),
         int(cfg.evaluation.w1_max_points),
         seed=int(cfg.seed),
@@ -150,7 +151,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     scores = score_frames(
         samples,
         heldout.positions[frames],
-        system.domain,
+        times,
+        system,
         int(cfg.evaluation.jsd_bins),
         int(cfg.evaluation.w1_max_points),
         seed=int(cfg.seed),

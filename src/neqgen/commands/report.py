@@ -18,8 +18,22 @@ from neqgen.tracking import ensure_experiment
 
 log = logging.getLogger(__name__)
 
-# The time-averaged, early-time and worst per-frame scores kept for every model.
-SUMMARY_KEYS = ("jsd_mean", "w1_mean", "jsd_early_mean", "w1_early_mean", "jsd_max", "w1_max")
+# The time-averaged, early-time and worst per-frame scores kept for every model; the lag
+# entries exist for rotating systems only.
+SUMMARY_KEYS = (
+    "jsd_mean",
+    "w1_mean",
+    "w2_mean",
+    "mmd_mean",
+    "energy_mean",
+    "population_error_mean",
+    "lag_mean",
+    "lag_error_mean",
+    "jsd_early_mean",
+    "w1_early_mean",
+    "jsd_max",
+    "w1_max",
+)
 
 
 def _read_table(path: Path) -> dict[str, np.ndarray]:
@@ -29,11 +43,14 @@ def _read_table(path: Path) -> dict[str, np.ndarray]:
 
 def format_table(system: str, summary: dict[str, dict]) -> str:
     """Return the summary as a Markdown table, one row per protocol and model."""
-    header = "| system | protocol | model | " + " | ".join(SUMMARY_KEYS) + " |"
-    lines = [header, "|" + " --- |" * (3 + len(SUMMARY_KEYS))]
+    keys = [
+        key for key in SUMMARY_KEYS if any(key in m for e in summary.values() for m in e.values())
+    ]
+    header = "| system | protocol | model | " + " | ".join(keys) + " |"
+    lines = [header, "|" + " --- |" * (3 + len(keys))]
     for protocol, entries in summary.items():
         for name, metrics in entries.items():
-            values = " | ".join(f"{metrics[key]:.4f}" for key in SUMMARY_KEYS)
+            values = " | ".join(f"{metrics[key]:.4g}" if key in metrics else "n/a" for key in keys)
             lines.append(f"| {system} | {protocol} | {name} | {values} |")
     return "\n".join(lines) + "\n"
 
@@ -65,7 +82,7 @@ def run_report(cfg: DictConfig) -> dict:
                     + " first, or `dvc repro`"
                 )
             metrics = json.loads(path.read_text())
-            summary[protocol][name] = {key: metrics[key] for key in SUMMARY_KEYS}
+            summary[protocol][name] = {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}
             label = "noise floor" if name == NOISE_FLOOR else name
             curves[label] = _read_table(plots_dir(protocol_cfg) / f"{name}.csv")
             if name != NOISE_FLOOR:

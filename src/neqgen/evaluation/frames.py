@@ -5,9 +5,20 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
+from neqgen.evaluation.distances import (
+    angular_lag,
+    energy_distance,
+    mmd,
+    wasserstein,
+    well_populations,
+)
 from neqgen.evaluation.metrics import jensen_shannon_samples, wasserstein1
+from neqgen.systems.base import System
+from neqgen.systems.rotating_wells import RotatingWells
 
-METRICS = ("jsd", "w1")
+# Per-frame scores of a sample set against the reference ensemble; see score_frames.
+METRICS = ("jsd", "w1", "w2", "mmd", "energy", "population_error")
+ROTATING_METRICS = ("lag", "lag_error")
 
 
 def evaluation_frames(n_frames: int, stride: int) -> np.ndarray:
@@ -23,7 +34,8 @@ def evaluation_frames(n_frames: int, stride: int) -> np.ndarray:
 def score_frames(
     samples: np.ndarray,
     reference: np.ndarray,
-    domain: list[list[float]],
+    times: np.ndarray,
+    system: System,
     jsd_bins: int,
     w1_max_points: int,
     seed: int,
@@ -31,17 +43,59 @@ def score_frames(
 ) -> dict[str, np.ndarray]:
     """Score samples (n_frames, n, dim) against reference (n_frames, m, dim) frame by frame.
 
-    Returns arrays of shape (n_frames,): ``jsd`` (Jensen-Shannon divergence of histograms,
-    nats) and ``w1`` (exact Wasserstein-1 on subsets, in units of length).
+    Returns arrays of shape (n_frames,):
+
+    - ``jsd``: Jensen-Shannon divergence of histograms on system.domain (nats).
+    - ``w1``, ``w2``: exact Wasserstein-1 and -2 between random subsets of
+      ``w1_max_points`` points of each set (length units).
+    - ``mmd``: unbiased squared maximum mean discrepancy (Gaussian kernel, median
+      bandwidth) and ``energy``: energy distance, both on the same subsets.
+    - ``population_error``: total variation 0.5 sum |P_model - P_ref| between the well
+      populations, each particle counted in the well of the nearest minimum at that time.
+    - for rotating systems, ``lag``: the population-weighted mean angle (radians) by which
+      the samples' well centres of mass trail the potential's minima, and ``lag_error``:
+      its absolute difference from the reference's lag.
     """
     rng = np.random.default_rng(seed)
-    scores = {name: np.empty(len(samples)) for name in METRICS}
+    rotating = isinstance(system, RotatingWells)
+    names = METRICS + (ROTATING_METRICS if rotating else ())
+    scores = {name: np.empty(len(samples)) for name in names}
     for frame in tqdm(range(len(samples)), desc=desc, leave=False):
-        scores["jsd"][frame] = jensen_shannon_samples(
-            samples[frame], reference[frame], domain, jsd_bins
-        )
-        scores["w1"][frame] = wasserstein1(samples[frame], reference[frame], w1_max_points, rng)
+        a, b = samples[frame], reference[frame]
+        scores["jsd"][frame] = jensen_shannon_samples(a, b, system.domain, jsd_bins)
+        scores["w1"][frame] = wasserstein1(a, b, w1_max_points, rng)
+
+        small_a = _subset(a, w1_max_points, rng)
+        small_b = _subset(b, w1_max_points, rng)
+        scores["w2"][frame] = wasserstein(small_a, small_b, p=2, max_exact_points=w1_max_points)
+        scores["mmd"][frame] = mmd(small_a, small_b)
+        scores["energy"][frame] = energy_distance(small_a, small_b)
+
+        minima = system.minima(float(times[frame])).numpy()
+        populations_a = well_populations(a, minima)
+        populations_b = well_populations(b, minima)
+        scores["population_error"][frame] = 0.5 * np.abs(populations_a - populations_b).sum()
+        if rotating:
+            angles = np.arctan2(minima[:, 1], minima[:, 0])
+            lag_a = _mean_lag(angular_lag(a, minima, angles), populations_a)
+            lag_b = _mean_lag(angular_lag(b, minima, angles), populations_b)
+            scores["lag"][frame] = lag_a
+            scores["lag_error"][frame] = abs(lag_a - lag_b)
     return scores
+
+
+def _subset(points: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    if len(points) <= size:
+        return points
+    return points[rng.choice(len(points), size, replace=False)]
+
+
+def _mean_lag(lags: np.ndarray, populations: np.ndarray) -> float:
+    """Average the per-well lags weighted by population, skipping empty wells."""
+    occupied = ~np.isnan(lags)
+    if not occupied.any():
+        return float("nan")
+    return float(np.average(lags[occupied], weights=populations[occupied]))
 
 
 def summarize(
@@ -62,9 +116,10 @@ def summarize(
 
 
 def write_frame_table(path, times: np.ndarray, scores: dict[str, np.ndarray]) -> None:
-    """Write per-frame metrics as CSV with columns time, jsd, w1 (a DVC plot)."""
-    lines = ["time," + ",".join(METRICS)]
+    """Write per-frame metrics as CSV with a time column and one column a metric (a DVC plot)."""
+    names = list(scores)
+    lines = ["time," + ",".join(names)]
     for index, time in enumerate(times):
-        values = ",".join(f"{scores[name][index]:.6g}" for name in METRICS)
+        values = ",".join(f"{scores[name][index]:.6g}" for name in names)
         lines.append(f"{time:.6g},{values}")
     path.write_text("\n".join(lines) + "\n")
