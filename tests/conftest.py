@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from neqgen.config import load_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The tests use small tensors, for which extra intra-op threads only add synchronisation
+# (and slow down sharply when another process is using the cores).
+torch.set_num_threads(1)
 CONFIG_DIR = REPO_ROOT / "conf"
 
 

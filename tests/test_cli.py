@@ -115,3 +115,58 @@ def test_ui_dry_run_prints_loopback_address(tmp_path, capsys):
 
     assert code == 0
     assert f"http://127.0.0.1:{port}" in capsys.readouterr().out
+
+
+def test_simulate_unstable_step_fails_before_escape(tmp_path, caplog):
+    # dt = 0.1 is ten times the radial stability limit; particles fly to r ~ 10 and more.
+    code = main(
+        [
+            "--config-dir",
+            str(CONFIG_DIR),
+            "simulate",
+            "experiment=tiny",
+            f"paths.data={tmp_path}",
+            "simulation.dt=0.1",
+        ]
+    )
+
+    assert code == 2
+    assert "ball of radius 4.5" in caplog.text
+
+
+def test_train_rejects_zero_epochs(tmp_path, caplog):
+    paths = [f"paths.{name}={tmp_path / name}" for name in ("data", "models", "mlruns")]
+    main(["--config-dir", str(CONFIG_DIR), "simulate", "experiment=tiny", *paths])
+
+    code = main(
+        ["--config-dir", str(CONFIG_DIR), "train", "experiment=tiny", "trainer.max_epochs=0"]
+        + paths
+    )
+
+    assert code == 2
+    assert "trainer.max_epochs must be a positive integer, got 0" in caplog.text
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_train_rejects_data_from_other_system(tmp_path, caplog):
+    paths = [f"paths.{name}={tmp_path / name}" for name in ("data", "models", "mlruns")]
+    main(["--config-dir", str(CONFIG_DIR), "simulate", "experiment=tiny", "system.beta=3"] + paths)
+
+    code = main(["--config-dir", str(CONFIG_DIR), "train", "experiment=tiny", *paths])
+
+    assert code == 2
+    assert "system.beta=3" in caplog.text
+
+
+def test_bad_system_value_is_one_error_line(caplog):
+    code = main(["--config-dir", str(CONFIG_DIR), "simulate", "experiment=tiny", "system.beta=-5"])
+
+    assert code == 2
+    assert "system.beta must be positive, got -5" in caplog.text
+
+
+def test_ui_rejects_port_out_of_range(caplog):
+    code = main(["--config-dir", str(CONFIG_DIR), "ui", "ui.port=99999", "--dry-run"])
+
+    assert code == 2
+    assert "ui.port must be an integer in [1, 65535], got 99999" in caplog.text

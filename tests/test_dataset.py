@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,15 @@ def test_dataset_refuses_nan_and_keeps_existing_file(tmp_path):
 def test_missing_dataset_names_the_fix(tmp_path):
     with pytest.raises(DatasetError, match="neqgen simulate"):
         load_ensemble(tmp_path / "absent.npz")
+
+
+def test_dataset_file_gets_umask_mode(tmp_path):
+    path = tmp_path / "train.npz"
+    positions, times = example_arrays()
+    umask = os.umask(0o022)
+    try:
+        save_ensemble(path, positions, times, {"seed": 3})
+    finally:
+        os.umask(umask)
+
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -97,9 +97,11 @@ def test_pipeline_runs_are_tracked_in_mlflow(pipeline_repo):
     client = MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("five_well")
     runs = client.search_runs([experiment.experiment_id])
-    training = [run for run in runs if "model" in run.data.tags]
+    training = [run for run in runs if "model" in run.data.tags and "kind" not in run.data.tags]
+    evaluations = [run for run in runs if run.data.tags.get("kind") == "evaluation"]
 
     assert len(training) == len(PROTOCOLS) * len(MODELS)
+    assert len(evaluations) == len(PROTOCOLS) * len(MODELS)
     assert any(run.data.tags.get("kind") == "report" for run in runs)
     for run_info in training:
         tags, metrics = run_info.data.tags, run_info.data.metrics
@@ -116,6 +118,12 @@ def test_pipeline_runs_are_tracked_in_mlflow(pipeline_repo):
         assert run_info.data.params["config.model.name"] == tags["model"]
         assert {"config.yaml", "checkpoint", "figures"} <= artifacts
         assert "figures/snapshots.png" in figures
+
+    for evaluation in evaluations:
+        series = client.get_metric_history(evaluation.info.run_id, "eval/jsd")
+        parent = evaluation.data.tags["mlflow.parentRunId"]
+        assert len(series) == 6, "experiment=tiny scores 6 frames"
+        assert parent in {run.info.run_id for run in training}
 
 
 @pytest.mark.slow

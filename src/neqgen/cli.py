@@ -13,6 +13,9 @@ import socket
 import sys
 from pathlib import Path
 
+from hydra.errors import InstantiationException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+
 from neqgen.config import ConfigError, load_config
 from neqgen.simulation import SimulationError
 
@@ -63,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, description in COMMANDS.items():
-        sub = subcommands.add_parser(name, help=description.split(";")[0], description=description)
+        summary = description.split(". ")[0].split("; ")[0].rstrip(".") + "."
+        sub = subcommands.add_parser(name, help=summary, description=description)
         sub.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
         if name == "evaluate":
             sub.add_argument(
@@ -84,15 +88,17 @@ def serve_ui(cfg, dry_run: bool = False) -> int:
     """Run ``mlflow ui`` on the project's store and return its exit code."""
     from neqgen.tracking import artifact_root, tracking_uri
 
-    host, port = str(cfg.ui.host), int(cfg.ui.port)
+    host, port = str(cfg.ui.host), cfg.ui.port
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"ui.port must be an integer in [1, 65535], got {port!r}")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:
             raise ConfigError(
-                f"cannot listen on {host}:{port} ({error.strerror}); pick another port with "
-                f"`neqgen ui ui.port=5001`"
+                f"cannot listen on {host}:{port} ({error.strerror or error}); check ui.host, or "
+                f"pick another port with `neqgen ui ui.port=5001`"
             ) from error
     command = [
         sys.executable,
@@ -122,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Lightning prints through handlers of its own; without this its lines appear twice.
+    logging.getLogger("lightning.pytorch").propagate = False
     try:
         cfg = load_config(args.overrides, args.config_dir)
         if args.command == "simulate":
@@ -145,8 +153,16 @@ def main(argv: list[str] | None = None) -> int:
             run_report(cfg)
         elif args.command == "ui":
             return serve_ui(cfg, dry_run=args.dry_run)
-    except (ConfigError, ValueError, FileNotFoundError, SimulationError) as error:
-        log.error("%s", error)
+    except InstantiationException as error:
+        # Hydra wraps the constructor's own error (say, a ValueError naming the setting).
+        log.error("%s", error.__cause__ or error, exc_info=args.verbose)
+        return 2
+    except (ConfigError, ValueError, TypeError, FileNotFoundError, SimulationError) as error:
+        # TypeError comes from a config value of the wrong type; -v shows the traceback.
+        log.error("%s", error, exc_info=args.verbose)
+        return 2
+    except MisconfigurationException as error:
+        log.error("invalid trainer settings: %s", error, exc_info=args.verbose)
         return 2
     return 0
 

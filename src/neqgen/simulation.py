@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Mapping
@@ -72,7 +73,7 @@ def simulate(
     dt: float,
     seed: int,
     method: str = "euler",
-    escape_radius: float = 100.0,
+    escape_radius: float | None = None,
     n_chunks: int = 20,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -97,6 +98,10 @@ def simulate(
     torch.Tensor
         Positions of shape (n_frames, n_particles, dim) on the CPU.
 
+    escape_radius:
+        Distance from the origin beyond which a particle counts as blown up; None means
+        three times the largest coordinate bound of ``system.domain``.
+
     Raises
     ------
     SimulationError
@@ -105,6 +110,10 @@ def simulate(
     """
     if not dt > 0:
         raise ValueError(f"simulation.dt must be positive, got {dt}")
+    if n_chunks < 1:
+        raise ValueError(f"simulation.n_chunks must be at least 1, got {n_chunks}")
+    if escape_radius is None:
+        escape_radius = 3 * max(abs(bound) for bounds in system.domain for bound in bounds)
     spacing = float(times[1] - times[0])
     substeps = max(1, math.ceil(spacing / dt - 1e-9))
     step = spacing / substeps
@@ -147,6 +156,14 @@ def simulate(
             bar.update(float(times[last] - times[first]))
 
     return torch.cat(frames)
+
+
+@contextlib.contextmanager
+def _restore_threads(threads: int):
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check_finite(path: torch.Tensor, times: torch.Tensor, escape_radius: float, step: float):

@@ -12,11 +12,19 @@ import hydra
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from neqgen.config import build_system, dataset_path, metrics_path, model_dir, plots_dir
+from neqgen.config import (
+    build_system,
+    dataset_path,
+    metrics_path,
+    model_dir,
+    plots_dir,
+    to_container,
+)
 from neqgen.data.dataset import Ensemble, load_ensemble
 from neqgen.evaluation.figures import plot_metrics_over_time, plot_snapshots
 from neqgen.evaluation.frames import (
@@ -30,6 +38,11 @@ from neqgen.tracking import ensure_experiment, tracking_uri
 log = logging.getLogger(__name__)
 
 NOISE_FLOOR = "noise_floor"
+
+
+def _run_tags(run) -> dict[str, str]:
+    keys = ("model", "family", "system", "protocol", "dataset_hash")
+    return {key: run.data.tags[key] for key in keys if key in run.data.tags}
 
 
 def snapshot_frames(times: np.ndarray, requested: list[float]) -> np.ndarray:
@@ -110,7 +123,7 @@ def load_trained_model(cfg: DictConfig, device: str = "cpu"):
     if not record_path.is_file():
         raise FileNotFoundError(
             f"{record_path} not found; train the model first with `neqgen train "
-            f"model={cfg.model.name} protocol={cfg.protocol.name}`"
+            f"system={cfg.system.name} protocol={cfg.protocol.name} model={cfg.model.name}`"
         )
     record = json.loads(record_path.read_text())
     model_class = hydra.utils.get_class(record["model_target"])
@@ -126,7 +139,9 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     """
     device = str(cfg.evaluation.device)
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("evaluation.device=cuda but no CUDA device is visible; use device=cpu")
+        raise ValueError(
+            "evaluation.device=cuda but no CUDA device is visible; use evaluation.device=cpu"
+        )
     heldout, frames = _load_reference(cfg)
     model, record = load_trained_model(cfg, device)
     if record["dataset_hash"] != load_ensemble(dataset_path(cfg, "train")).content_hash:
@@ -166,18 +181,48 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
 
 
 def _log_to_run(cfg, run_id, times, scores, summary, samples, heldout, frames, snapshots):
-    ensure_experiment(cfg)
+    """Log summary metrics and figures into the training run, per-frame series into a child.
+
+    MLflow keeps every logged value of a metric, so evaluating a model twice would repeat
+    its per-frame series in one history. Each evaluation therefore gets its own nested run
+    for the series, while the training run keeps the latest summary values.
+    """
+    experiment_id = ensure_experiment(cfg)
     client = MlflowClient(tracking_uri(cfg))
-    for name, value in summary.items():
-        client.log_metric(run_id, f"eval/{name}", float(value))
+    try:
+        parent = client.get_run(run_id)
+    except MlflowException as error:
+        raise FileNotFoundError(
+            f"MLflow run {run_id} of {model_dir(cfg) / 'run.json'} is not in the store "
+            f"{tracking_uri(cfg)}; retrain with `dvc repro --force train@{cfg.system.name}-"
+            f"{cfg.protocol.name}-{cfg.model.name}` or set tracking.uri to the store that has it"
+        ) from error
+
     now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(f"eval/{name}", float(value), now, 0) for name, value in summary.items()],
+    )
+    child = client.create_run(
+        experiment_id,
+        run_name=f"{parent.info.run_name}-evaluation",
+        tags={"mlflow.parentRunId": run_id, "kind": "evaluation", **_run_tags(parent)},
+    )
     per_frame = [
-        Metric(f"eval/{name}_per_frame", float(value), now, int(frames[index]))
+        Metric(f"eval/{name}", float(value), now, int(frames[index]))
         for name, values in scores.items()
         for index, value in enumerate(values)
     ]
     for start in range(0, len(per_frame), 1000):
-        client.log_batch(run_id, metrics=per_frame[start : start + 1000])
+        client.log_batch(child.info.run_id, metrics=per_frame[start : start + 1000])
+    client.log_batch(
+        child.info.run_id,
+        params=[
+            Param(f"config.evaluation.{key}", str(value))
+            for key, value in to_container(cfg.evaluation).items()
+        ],
+    )
+    client.set_terminated(child.info.run_id)
 
     curves = {cfg.model.name: {"time": times, **scores}}
     floor_table = plots_dir(cfg) / f"{NOISE_FLOOR}.csv"

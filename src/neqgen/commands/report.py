@@ -76,10 +76,11 @@ def run_report(cfg: DictConfig) -> dict:
         for name in [*pipeline.models, NOISE_FLOOR]:
             path = metrics_path(protocol_cfg, name)
             if not path.is_file():
+                target = "--noise-floor" if name == NOISE_FLOOR else f"model={name}"
                 raise FileNotFoundError(
-                    f"{path} not found; run `neqgen evaluate protocol={protocol}"
-                    + (" --noise-floor`" if name == NOISE_FLOOR else f" model={name}`")
-                    + " first, or `dvc repro`"
+                    f"{path} not found; run `neqgen evaluate {target} system={cfg.system.name} "
+                    f"protocol={protocol}` first, or `dvc repro`, or report fewer with "
+                    f"pipeline.protocols=[...] pipeline.models=[...]"
                 )
             metrics = json.loads(path.read_text())
             summary[protocol][name] = {key: metrics[key] for key in SUMMARY_KEYS if key in metrics}

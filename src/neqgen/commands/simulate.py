@@ -34,7 +34,9 @@ def run_simulation(cfg: DictConfig) -> dict[str, str]:
         raise ValueError(f"simulation.dtype must be one of {sorted(DTYPES)}, got {sim.dtype!r}")
     device = sim.device
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("simulation.device=cuda but no CUDA device is visible; use device=cpu")
+        raise ValueError(
+            "simulation.device=cuda but no CUDA device is visible; use simulation.device=cpu"
+        )
 
     system = build_system(cfg.system)
     times = frame_times(sim.horizon, sim.n_frames)

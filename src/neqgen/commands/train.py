@@ -32,6 +32,28 @@ def build_model(cfg: DictConfig, horizon: float, data_std: float) -> GenerativeM
     return model_class(dim=system.dim, horizon=horizon, domain=system.domain, **kwargs)
 
 
+def check_dataset_config(cfg: DictConfig, dataset_config: dict) -> None:
+    """Raise if the dataset was simulated with other system or protocol settings than cfg.
+
+    Otherwise the run's params would describe a system that the data did not come from.
+    """
+    differences = []
+    for section in ("system", "protocol"):
+        current = to_container(cfg[section])
+        stored = dataset_config.get(section, {})
+        for key in sorted(set(current) | set(stored)):
+            if current.get(key) != stored.get(key):
+                differences.append(
+                    f"{section}.{key}={stored.get(key)!r} in the data, {current.get(key)!r} now"
+                )
+    if differences:
+        raise ValueError(
+            f"{dataset_path(cfg, 'train')} was simulated with other settings: "
+            + "; ".join(differences)
+            + ". Pass the same overrides to `neqgen train` or rerun `neqgen simulate`."
+        )
+
+
 def run_training(cfg: DictConfig) -> dict:
     """Fit cfg.model on the training ensemble and record the run in MLflow.
 
@@ -39,11 +61,15 @@ def run_training(cfg: DictConfig) -> dict:
     ``<model_dir>/run.json`` with the MLflow run id, so that evaluation can log into the
     same run. Returns the contents of run.json.
     """
+    max_epochs = cfg.trainer.get("max_epochs")
+    if not isinstance(max_epochs, int) or max_epochs < 1:
+        raise ValueError(f"trainer.max_epochs must be a positive integer, got {max_epochs}")
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     datamodule = EnsembleDataModule(
         dataset_path(cfg, "train"), seed=int(cfg.seed), **to_container(cfg.data)
     )
     ensemble = datamodule.prepare()
+    check_dataset_config(cfg, ensemble.metadata.get("config", {}))
     data_std = float(ensemble.positions.std())
     model = build_model(cfg, horizon=float(ensemble.times[-1]), data_std=data_std)
 

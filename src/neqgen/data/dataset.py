@@ -114,6 +114,10 @@ def save_ensemble(
             _write_npz(stream, arrays)
             stream.flush()
             os.fsync(stream.fileno())
+        # mkstemp creates the file readable by its owner only; give it the usual mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -145,7 +149,10 @@ def load_ensemble(path: str | os.PathLike, verify: bool = True) -> Ensemble:
     """
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"dataset {path} not found; run `neqgen simulate` to create it")
+        raise DatasetError(
+            f"dataset {path} not found; run `neqgen simulate` with the same system and "
+            f"protocol overrides to create it"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             positions = archive["positions"]

@@ -97,6 +97,10 @@ class ConditionedMLP(nn.Module):
         self, in_features: int, condition_features: int, hidden: int, n_layers: int, out: int
     ):
         super().__init__()
+        if n_layers < 1 or hidden < 1:
+            raise ValueError(
+                f"model.hidden and model.n_layers must be positive, got {hidden} and {n_layers}"
+            )
         self.input = nn.Linear(in_features, hidden)
         self.condition = nn.Linear(condition_features, hidden, bias=False)
         self.body = (
