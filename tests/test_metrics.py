@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from neqgen.evaluation.frames import evaluation_frames
 from neqgen.evaluation.metrics import (
     histogram,
     jensen_shannon,
@@ -64,3 +65,11 @@ def test_wasserstein1_subsamples_large_sets():
 
     # Two samples of 200 points from one Gaussian are about 0.2 apart in W1, never 1.
     assert 0.0 < distance < 0.5
+
+
+def test_evaluation_frames_dense_early_then_strided():
+    times = np.linspace(0.0, 10.0, 101)
+
+    frames = evaluation_frames(times, stride=10, dense_until=0.5)
+
+    assert frames.tolist() == [0, 1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]

@@ -53,7 +53,9 @@ def snapshot_frames(times: np.ndarray, requested: list[float]) -> np.ndarray:
 
 def _load_reference(cfg: DictConfig) -> tuple[Ensemble, np.ndarray]:
     heldout = load_ensemble(dataset_path(cfg, "heldout"))
-    frames = evaluation_frames(heldout.n_frames, int(cfg.evaluation.frame_stride))
+    frames = evaluation_frames(
+        heldout.times, int(cfg.evaluation.frame_stride), float(cfg.evaluation.dense_until)
+    )
     return heldout, frames
 
 

@@ -21,14 +21,19 @@ METRICS = ("jsd", "w1", "w2", "mmd", "energy", "population_error")
 ROTATING_METRICS = ("lag", "lag_error")
 
 
-def evaluation_frames(n_frames: int, stride: int) -> np.ndarray:
-    """Return every stride-th frame index, always including the last frame."""
+def evaluation_frames(times: np.ndarray, stride: int, dense_until: float = 0.0) -> np.ndarray:
+    """Return the indices of the frames to score.
+
+    Every frame with t <= dense_until is scored (the early transient, where the ensemble
+    changes fastest), then every stride-th frame, always including the last one.
+    """
     if stride < 1:
         raise ValueError(f"evaluation.frame_stride must be at least 1, got {stride}")
-    frames = np.arange(0, n_frames, stride)
-    if frames[-1] != n_frames - 1:
-        frames = np.append(frames, n_frames - 1)
-    return frames
+    n_frames = len(times)
+    frames = set(np.arange(0, n_frames, stride).tolist())
+    frames.update(np.nonzero(times <= dense_until)[0].tolist())
+    frames.add(n_frames - 1)
+    return np.array(sorted(frames))
 
 
 def score_frames(
