@@ -83,8 +83,8 @@ def simulate(
 
     The internal step is the largest step not above ``dt`` that divides the frame spacing,
     so frames fall on integration steps. One Brownian motion (``torchsde.BrownianInterval``
-    seeded with ``seed``) spans the horizon and the integration runs in ``n_chunks`` pieces
-    for the progress bar; ``n_chunks`` changes the result only by float rounding.
+    seeded with ``seed``) spans the horizon. The integration runs in ``n_chunks`` pieces
+    for the progress bar, which changes the result only by float rounding.
 
     Parameters
     ----------

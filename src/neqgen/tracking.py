@@ -30,7 +30,7 @@ def tracking_uri(cfg: DictConfig) -> str:
 
 
 def artifact_root(cfg: DictConfig) -> Path:
-    """Return the folder that holds the artifacts of the default store."""
+    """Return the artifact folder of the default store."""
     return Path(cfg.paths.mlruns).resolve() / "artifacts"
 
 

@@ -15,9 +15,9 @@ from neqgen.data.dataset import Ensemble, load_ensemble
 class FrameDataset(Dataset):
     """Items are (positions, time) of one frame: (particles_per_frame, dim) and a scalar.
 
-    With ``random=True`` each item draws a fresh random subset of the frame's particles and
-    every frame appears ``repeats`` times an epoch; otherwise the first
-    ``particles_per_frame`` particles of each frame are used once, for validation.
+    With ``random=True`` each item draws a fresh random subset of the frame's particles, and
+    every frame appears ``repeats`` times an epoch. With ``random=False`` (validation) the
+    first ``particles_per_frame`` particles of each frame are used once.
     """
 
     def __init__(
@@ -49,7 +49,7 @@ class EnsembleDataModule(pl.LightningDataModule):
     """Split an ensemble's particles into training and validation sets and batch frames.
 
     A batch is ``(x, t)`` with x of shape (frames_per_batch, particles_per_frame, dim) and
-    t of shape (frames_per_batch,), so a model sees whole frames at known physical times.
+    t of shape (frames_per_batch,), so a model gets whole frames at known physical times.
 
     Parameters
     ----------
