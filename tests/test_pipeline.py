@@ -66,10 +66,14 @@ def test_pipeline_writes_summary_for_every_model(pipeline_repo):
 
     assert sorted(summary) == sorted(PROTOCOLS)
     for protocol in PROTOCOLS:
-        assert sorted(summary[protocol]) == sorted([*MODELS, "noise_floor"])
-        for name, metrics in summary[protocol].items():
+        assert sorted(summary[protocol]) == sorted([*MODELS, "noise_floor", "equilibrium"])
+        distance = summary[protocol]["equilibrium"]
+        assert 0 <= distance["js_from_boltzmann_mean"] <= math.log(2), f"{protocol} equilibrium"
+        for name in [*MODELS, "noise_floor"]:
+            metrics = summary[protocol][name]
             assert 0 <= metrics["jsd_mean"] <= math.log(2), f"{protocol}/{name} jsd"
             assert metrics["w1_mean"] >= 0, f"{protocol}/{name} w1"
+            assert 0 <= metrics["jsd_exact_mean"] <= math.log(2), f"{protocol}/{name} exact"
 
 
 @pytest.mark.slow

@@ -42,6 +42,11 @@ COMMANDS = {
         "results into the model's MLflow run. With --noise-floor, score the training "
         "ensemble instead, which gives the sampling-noise floor."
     ),
+    "reference": (
+        "Solve the Fokker-Planck equation of one system and protocol on a grid (the exact "
+        "density at every recorded frame) and write its distance from the instantaneous "
+        "Boltzmann density; later evaluations then also score models against it."
+    ),
     "report": (
         "Collect the metrics of every protocol and model listed in conf/pipeline/ into "
         "<paths.metrics>/summary.json and comparison figures, logged as an MLflow run."
@@ -147,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
                 evaluate.run_noise_floor(cfg)
             else:
                 evaluate.run_evaluation(cfg)
+        elif args.command == "reference":
+            from neqgen.commands.reference import run_reference
+
+            run_reference(cfg)
         elif args.command == "report":
             from neqgen.commands.report import run_report
 

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from neqgen.commands.reference import exact_masses_on_bins, reference_path
 from neqgen.config import (
     build_system,
     dataset_path,
@@ -49,6 +50,23 @@ def snapshot_frames(times: np.ndarray, requested: list[float]) -> np.ndarray:
     """Return positions in ``times`` nearest to each requested time inside the horizon."""
     inside = [t for t in requested if times[0] <= t <= times[-1]] or [times[0], times[-1]]
     return np.unique([int(np.argmin(np.abs(times - t))) for t in inside])
+
+
+def _exact_masses(cfg: DictConfig, frames: np.ndarray) -> list[np.ndarray] | None:
+    """Return the exact masses on the histogram cells at the given frames, if solved."""
+    path = reference_path(cfg)
+    if not path.is_file():
+        return None
+    with np.load(path) as archive:
+        reference = dict(archive)
+    bins = int(cfg.evaluation.jsd_bins)
+    masses = [exact_masses_on_bins(reference, int(frame), bins) for frame in frames]
+    if any(mass is None for mass in masses):
+        log.warning(
+            "Ignoring %s: its grid is not a multiple of evaluation.jsd_bins=%d", path, bins
+        )
+        return None
+    return masses
 
 
 def _load_reference(cfg: DictConfig) -> tuple[Ensemble, np.ndarray]:
@@ -105,6 +123,7 @@ def run_noise_floor(cfg: DictConfig) -> dict[str, float]:
         int(cfg.evaluation.w1_max_points),
         seed=int(cfg.seed),
         desc="noise floor",
+        exact_masses=_exact_masses(cfg, frames),
     )
     snapshots = snapshot_frames(heldout.times[frames], list(cfg.evaluation.snapshot_times))
     summary = _write_outputs(cfg, NOISE_FLOOR, heldout.times[frames], scores, samples, snapshots)
@@ -174,6 +193,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
         int(cfg.evaluation.w1_max_points),
         seed=int(cfg.seed),
         desc=f"score {cfg.model.name}",
+        exact_masses=_exact_masses(cfg, frames),
     )
     snapshots = snapshot_frames(times, list(cfg.evaluation.snapshot_times))
     summary = _write_outputs(cfg, cfg.model.name, times, scores, samples, snapshots)

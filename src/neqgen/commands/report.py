@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 # entries exist for rotating systems only.
 SUMMARY_KEYS = (
     "jsd_mean",
+    "jsd_exact_mean",
     "w1_mean",
     "w2_mean",
     "mmd_mean",
@@ -41,17 +42,43 @@ def _read_table(path: Path) -> dict[str, np.ndarray]:
     return {name: np.atleast_1d(table[name]) for name in table.dtype.names}
 
 
+def _equilibrium_summary(table: dict[str, np.ndarray], early_until: float) -> dict:
+    """Average the exact density's Jensen-Shannon divergence from the Boltzmann density."""
+    early = table["time"] <= early_until
+    return {
+        "js_from_boltzmann_mean": float(np.mean(table["js"])),
+        "js_from_boltzmann_early_mean": float(np.mean(table["js"][early])),
+        "js_from_boltzmann_final": float(table["js"][-1]),
+    }
+
+
 def format_table(system: str, summary: dict[str, dict]) -> str:
     """Return the summary as a Markdown table, one row per protocol and model."""
+    models = {
+        protocol: {name: metrics for name, metrics in entries.items() if name != "equilibrium"}
+        for protocol, entries in summary.items()
+    }
     keys = [
-        key for key in SUMMARY_KEYS if any(key in m for e in summary.values() for m in e.values())
+        key
+        for key in SUMMARY_KEYS
+        if any(key in metrics for entries in models.values() for metrics in entries.values())
     ]
     header = "| system | protocol | model | " + " | ".join(keys) + " |"
     lines = [header, "|" + " --- |" * (3 + len(keys))]
-    for protocol, entries in summary.items():
+    for protocol, entries in models.items():
         for name, metrics in entries.items():
             values = " | ".join(f"{metrics[key]:.4g}" if key in metrics else "n/a" for key in keys)
             lines.append(f"| {system} | {protocol} | {name} | {values} |")
+    lines.append("")
+    for protocol, entries in summary.items():
+        if "equilibrium" in entries:
+            distance = entries["equilibrium"]
+            lines.append(
+                f"- {protocol}: Jensen-Shannon divergence of the exact density from the "
+                f"instantaneous Boltzmann density, mean {distance['js_from_boltzmann_mean']:.4g}, "
+                f"early {distance['js_from_boltzmann_early_mean']:.4g}, final "
+                f"{distance['js_from_boltzmann_final']:.4g} nats"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -89,6 +116,11 @@ def run_report(cfg: DictConfig) -> dict:
             if name != NOISE_FLOOR:
                 snapshots[name] = np.load(plots_dir(protocol_cfg) / f"{name}_snapshots.npz")
         truth = np.load(plots_dir(protocol_cfg) / "truth_snapshots.npz")
+        equilibrium_table = plots_dir(protocol_cfg) / "equilibrium.csv"
+        if equilibrium_table.is_file():
+            summary[protocol]["equilibrium"] = _equilibrium_summary(
+                _read_table(equilibrium_table), float(cfg.evaluation.early_until)
+            )
 
         title = f"{cfg.system.name} / {protocol}"
         figures[f"{protocol}_metrics_over_time.png"] = plot_metrics_over_time(curves, title)

@@ -12,7 +12,12 @@ from neqgen.evaluation.distances import (
     wasserstein,
     well_populations,
 )
-from neqgen.evaluation.metrics import jensen_shannon_samples, wasserstein1
+from neqgen.evaluation.metrics import (
+    histogram,
+    jensen_shannon,
+    jensen_shannon_samples,
+    wasserstein1,
+)
 from neqgen.systems.base import System
 from neqgen.systems.rotating_wells import RotatingWells
 
@@ -45,6 +50,7 @@ def score_frames(
     w1_max_points: int,
     seed: int,
     desc: str = "score",
+    exact_masses: list[np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Score samples (n_frames, n, dim) against reference (n_frames, m, dim) frame by frame.
 
@@ -60,14 +66,22 @@ def score_frames(
     - for rotating systems, ``lag``: the population-weighted mean angle (radians) by which
       the samples' well centres of mass trail the potential's minima, and ``lag_error``:
       its absolute difference from the reference's lag.
+    - with ``exact_masses`` (one array per frame: the exact probability of every histogram
+      cell, in the layout of :func:`neqgen.evaluation.metrics.histogram`), ``jsd_exact``:
+      the Jensen-Shannon divergence of the samples' histogram from the exact density.
     """
     rng = np.random.default_rng(seed)
     rotating = isinstance(system, RotatingWells)
     names = METRICS + (ROTATING_METRICS if rotating else ())
+    if exact_masses is not None:
+        names += ("jsd_exact",)
     scores = {name: np.empty(len(samples)) for name in names}
     for frame in tqdm(range(len(samples)), desc=desc, leave=False):
         a, b = samples[frame], reference[frame]
         scores["jsd"][frame] = jensen_shannon_samples(a, b, system.domain, jsd_bins)
+        if exact_masses is not None:
+            counts = histogram(a, system.domain, jsd_bins)
+            scores["jsd_exact"][frame] = jensen_shannon(counts, exact_masses[frame])
         scores["w1"][frame] = wasserstein1(a, b, w1_max_points, rng)
 
         small_a = _subset(a, w1_max_points, rng)

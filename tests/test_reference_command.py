@@ -1,0 +1,41 @@
+"""`neqgen reference`: the exact density on a grid and scores against it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+
+from neqgen.cli import main
+
+from .conftest import CONFIG_DIR
+
+
+def test_reference_scores_noise_floor_against_exact_density(tmp_path):
+    paths = [f"paths.{name}={tmp_path / name}" for name in ("data", "metrics", "plots")]
+    common = ["--config-dir", str(CONFIG_DIR)]
+    overrides = ["experiment=tiny", "protocol=one_well", *paths]
+
+    assert main([*common, "simulate", *overrides]) == 0
+    assert main([*common, "reference", *overrides]) == 0
+    assert main([*common, "evaluate", "--noise-floor", *overrides]) == 0
+
+    reference = np.load(tmp_path / "data" / "five_well" / "one_well" / "reference.npz")
+    table = np.genfromtxt(
+        tmp_path / "plots" / "five_well" / "one_well" / "equilibrium.csv",
+        delimiter=",",
+        names=True,
+    )
+    floor = json.loads(
+        (tmp_path / "metrics" / "five_well" / "one_well" / "noise_floor.json").read_text()
+    )
+
+    np.testing.assert_allclose(reference["masses"].sum(axis=(1, 2)), 1.0, atol=1e-10)
+    # One well of five holds all the mass, so the start is far from equilibrium.
+    assert table["js"][0] > 0.3
+    assert np.all(table["entropy_production"] > 0)
+    # 200 samples on 8 x 8 bins: JS to the exact law is of order (K - 1) / (8 N) ~ 0.04
+    # nats for K = 64 bins, far below the ln 2 of disjoint laws.
+    assert 0 < floor["jsd_exact_mean"] < 0.1
+    assert floor["jsd_exact_max"] <= math.log(2)
