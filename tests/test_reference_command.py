@@ -32,7 +32,7 @@ def test_reference_scores_noise_floor_against_exact_density(tmp_path):
     )
 
     np.testing.assert_allclose(reference["masses"].sum(axis=(1, 2)), 1.0, atol=1e-10)
-    # One well of five holds all the mass, so the start is far from equilibrium.
+    # All the mass starts in one well of five, so the start is far from equilibrium.
     assert table["js"][0] > 0.3
     assert np.all(table["entropy_production"] > 0)
     # 200 samples on 8 x 8 bins: JS to the exact law is of order (K - 1) / (8 N) ~ 0.04

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,13 +33,41 @@ def initial_positions(
     - ``well``: Gaussian with standard deviation ``spread`` around well ``well`` of
       ``system.minima(0)``, so every particle starts in the same well.
     """
+    law = parse_start(system, start)
+    if law.kind == "uniform":
+        uniform = torch.rand(n_particles, system.dim, generator=generator, dtype=torch.float64)
+        return law.low + (law.high - law.low) * uniform
+
+    noise = torch.randn(n_particles, system.dim, generator=generator, dtype=torch.float64)
+    return law.center + law.spread * noise
+
+
+@dataclass(frozen=True)
+class StartLaw:
+    """A validated start density: a uniform box [low, high]^dim or a Gaussian in one well."""
+
+    kind: str
+    low: float = 0.0
+    high: float = 0.0
+    center: torch.Tensor | None = None
+    spread: float = 0.0
+
+
+def parse_start(system: System, start: Mapping[str, Any]) -> StartLaw:
+    """Validate a protocol's ``start`` settings and return the start law they describe.
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind, an empty box, a well index the system lacks, or a negative
+        spread; the message names the setting.
+    """
     kind = start.get("kind")
     if kind == "uniform":
         low, high = float(start["low"]), float(start["high"])
         if not high > low:
             raise ValueError(f"protocol.start needs high > low, got low={low}, high={high}")
-        uniform = torch.rand(n_particles, system.dim, generator=generator, dtype=torch.float64)
-        return low + (high - low) * uniform
+        return StartLaw("uniform", low=low, high=high)
 
     if kind == "well":
         minima = system.minima(0.0)
@@ -51,8 +80,7 @@ def initial_positions(
         spread = float(start.get("spread", 0.0))
         if spread < 0:
             raise ValueError(f"protocol.start.spread must be non-negative, got {spread}")
-        noise = torch.randn(n_particles, system.dim, generator=generator, dtype=torch.float64)
-        return minima[well] + spread * noise
+        return StartLaw("well", center=minima[well], spread=spread)
 
     raise ValueError(f"protocol.start.kind must be 'uniform' or 'well', got {kind!r}")
 

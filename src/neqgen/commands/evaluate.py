@@ -197,12 +197,14 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     )
     snapshots = snapshot_frames(times, list(cfg.evaluation.snapshot_times))
     summary = _write_outputs(cfg, cfg.model.name, times, scores, samples, snapshots)
-    _log_to_run(cfg, record["run_id"], times, scores, summary, samples, heldout, frames, snapshots)
+    _log_to_run(
+        cfg, system, record["run_id"], times, scores, summary, samples, heldout, frames, snapshots
+    )
     log.info("Evaluated %s: %s", record["run_name"], summary)
     return summary
 
 
-def _log_to_run(cfg, run_id, times, scores, summary, samples, heldout, frames, snapshots):
+def _log_to_run(cfg, system, run_id, times, scores, summary, samples, heldout, frames, snapshots):
     """Log summary metrics and figures into the training run, per-frame series into a child.
 
     MLflow keeps every logged value of a metric, so evaluating a model twice would repeat
@@ -260,7 +262,7 @@ def _log_to_run(cfg, run_id, times, scores, summary, samples, heldout, frames, s
                 cfg.model.name: samples[snapshots],
             },
             times[snapshots],
-            build_system(cfg.system).domain,
+            system.domain,
             title=title,
         ),
     }

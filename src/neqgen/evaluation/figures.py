@@ -23,7 +23,7 @@ def plot_metrics_over_time(
     """Plot each metric against time, one panel a metric and one line a model.
 
     ``curves`` maps a label (model name or ``noise floor``) to a dict with ``time`` and one
-    array per metric; the noise floor is drawn dashed in grey.
+    array per metric. The noise floor is drawn dashed in grey.
     """
     figure, axes = plt.subplots(1, len(METRIC_LABELS), figsize=(11, 4), constrained_layout=True)
     for axis, (metric, label) in zip(axes, METRIC_LABELS.items(), strict=True):
@@ -49,7 +49,7 @@ def plot_snapshots(
     """Draw histograms of several sample sets (rows) at several times (columns).
 
     Each row's array has shape (n_times, n_samples, dim). In 2D every column shares one
-    colour scale so densities at the same time can be compared; in 1D each time gets one
+    colour scale, so densities at the same time can be compared. In 1D each time gets one
     panel with a density curve per sample set.
     """
     names = list(rows)

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from neqgen.reference.boltzmann import reduced_potential
 from neqgen.reference.grid import Grid
+from neqgen.simulation import parse_start
 from neqgen.systems.base import System
 
 log = logging.getLogger(__name__)
@@ -353,34 +354,20 @@ def initial_density(system: System, grid: Grid, start: Mapping[str, Any]) -> np.
             f"reference grid has {grid.dim} dimensions but {type(system).__name__} has "
             f"{system.dim}; build the grid from system.domain"
         )
-    kind = start.get("kind")
-    if kind == "uniform":
-        low, high = float(start["low"]), float(start["high"])
-        if not high > low:
-            raise ValueError(f"protocol.start needs high > low, got low={low}, high={high}")
+    law = parse_start(system, start)
+    if law.kind == "uniform":
         per_axis = [
-            np.clip(np.minimum(edges[1:], high) - np.maximum(edges[:-1], low), 0, None)
-            / (high - low)
+            np.clip(np.minimum(edges[1:], law.high) - np.maximum(edges[:-1], law.low), 0, None)
+            / (law.high - law.low)
             for edges in grid.edges
         ]
-    elif kind == "well":
-        minima = system.minima(0.0)
-        well = int(start.get("well", 0))
-        if not 0 <= well < len(minima):
-            raise ValueError(
-                f"protocol.start.well must be in [0, {len(minima) - 1}] for this system, "
-                f"got {well}"
-            )
-        spread = float(start.get("spread", 0.0))
-        if spread < 0:
-            raise ValueError(f"protocol.start.spread must be non-negative, got {spread}")
-        center = minima[well].tolist()
-        per_axis = [
-            _gaussian_cell_masses(edges, mean, max(spread, width))
-            for edges, mean, width in zip(grid.edges, center, grid.widths, strict=True)
-        ]
     else:
-        raise ValueError(f"protocol.start.kind must be 'uniform' or 'well', got {kind!r}")
+        per_axis = [
+            _gaussian_cell_masses(edges, mean, max(law.spread, width))
+            for edges, mean, width in zip(
+                grid.edges, law.center.tolist(), grid.widths, strict=True
+            )
+        ]
 
     masses = per_axis[0]
     for axis_masses in per_axis[1:]:

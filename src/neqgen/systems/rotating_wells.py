@@ -23,9 +23,9 @@ class RotatingWells(System):
     with r0 = 1.5, a = 0.5, nu = 1, beta = 5.
 
     The angular force s sin(s phi - omega t) (-y, x) / r^2 is singular at the origin. The
-    drift softens it by replacing r^2 with r^2 + softening^2 (and r with its softened value
-    in the radial unit vector), so the drift is finite everywhere and equals -grad V to a
-    relative error of order (softening / r)^2.
+    drift replaces r^2 with r^2 + softening^2, also in the radial unit vector x / r. The
+    drift is then finite everywhere and equals -grad V to a relative error of order
+    (softening / r)^2.
 
     Parameters
     ----------

@@ -30,7 +30,7 @@ class TimeConditionedEnergy(GenerativeModel):
     train_grid, sample_grid:
         Cells per dimension of the normalisation grid in training and of the sampling grid.
     hidden, n_layers, n_time_frequencies:
-        Width and depth of the MLP and the number of time frequencies it sees.
+        Width and depth of the MLP and the number of time frequencies it takes as input.
     n_space_frequencies, space_frequency_scale:
         Number and spread (cycles per half-width of the domain) of random Fourier features
         of the position; 0 feeds the plain position.

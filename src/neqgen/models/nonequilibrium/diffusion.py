@@ -24,7 +24,7 @@ def cosine_alpha_bar(n_steps: int, offset: float = 0.008) -> torch.Tensor:
 
 
 class TimeConditionedDiffusion(GenerativeModel):
-    r"""DDPM (Ho, Jain and Abbeel 2020) whose noise predictor also sees the physical time t.
+    r"""DDPM (Ho, Jain and Abbeel 2020) whose noise predictor also takes the physical time t.
 
     Data x_0 ~ p(x, t) is scaled by ``data_scale`` and noised as
     x_s = sqrt(alpha_bar_s) x_0 + sqrt(1 - alpha_bar_s) eps. The network eps_theta(x_s, s, t)
