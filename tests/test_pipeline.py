@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from neqgen.data.dataset import load_ensemble
@@ -18,7 +19,12 @@ from neqgen.data.dataset import load_ensemble
 from .conftest import REPO_ROOT
 
 PROTOCOLS = ("uniform", "one_well")
-MODELS = ("energy", "diffusion")
+REPLICAS = (0, 1)
+SYSTEMS = ("five_well", "prinz_quench")
+# Every model of the default pipeline runs in the test too.
+MODELS = tuple(
+    yaml.safe_load((REPO_ROOT / "conf" / "pipeline" / "default.yaml").read_text())["models"]
+)
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -37,8 +43,16 @@ def pipeline_repo(tmp_path_factory):
             REPO_ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__")
         )
     shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
+    # Tiny sizes, a 2D and a 1D system, and two replicas so that spreads exist.
     pipeline = repo / "conf" / "pipeline" / "default.yaml"
-    pipeline.write_text(pipeline.read_text().replace("experiment: default", "experiment: tiny"))
+    settings = yaml.safe_load(pipeline.read_text())
+    settings.update(
+        experiment="tiny",
+        systems=list(SYSTEMS),
+        protocols=list(PROTOCOLS),
+        replicas=list(REPLICAS),
+    )
+    pipeline.write_text(yaml.safe_dump(settings))
 
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
@@ -59,21 +73,39 @@ def pipeline_repo(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_pipeline_writes_summary_for_every_model(pipeline_repo):
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_pipeline_writes_summary_for_every_model(pipeline_repo, system):
     repo, _ = pipeline_repo
-    summary = json.loads((repo / "metrics" / "summary" / "five_well.json").read_text())
-    summary = summary["five_well"]
+    summary = json.loads((repo / "metrics" / "summary" / f"{system}.json").read_text())
+    summary = summary[system]
 
     assert sorted(summary) == sorted(PROTOCOLS)
     for protocol in PROTOCOLS:
-        assert sorted(summary[protocol]) == sorted([*MODELS, "noise_floor", "equilibrium"])
-        distance = summary[protocol]["equilibrium"]
+        entries = summary[protocol]
+        assert sorted(entries) == sorted([*MODELS, "noise_floor", "equilibrium", "comparisons"])
+        distance = entries["equilibrium"]
         assert 0 <= distance["js_from_boltzmann_mean"] <= math.log(2), f"{protocol} equilibrium"
         for name in [*MODELS, "noise_floor"]:
-            metrics = summary[protocol][name]
+            metrics = entries[name]
+            assert metrics["n_replicas"] == len(REPLICAS), f"{protocol}/{name} replicas"
             assert 0 <= metrics["jsd_mean"] <= math.log(2), f"{protocol}/{name} jsd"
+            assert metrics["jsd_mean_std"] >= 0, f"{protocol}/{name} spread"
             assert metrics["w1_mean"] >= 0, f"{protocol}/{name} w1"
             assert 0 <= metrics["jsd_exact_mean"] <= math.log(2), f"{protocol}/{name} exact"
+            assert "entropy_early" in metrics, f"{protocol}/{name} entropy production"
+        pairs = len(MODELS) + 1
+        assert len(entries["comparisons"]) == pairs * (pairs - 1) // 2
+
+
+@pytest.mark.slow
+def test_pipeline_writes_report_figures(pipeline_repo):
+    repo, _ = pipeline_repo
+    for system in SYSTEMS:
+        figures = {path.name for path in (repo / "plots" / "figures" / system).iterdir()}
+        assert "error_vs_equilibrium.png" in figures, system
+        for protocol in PROTOCOLS:
+            assert f"{protocol}_metrics_over_time.png" in figures, f"{system}/{protocol}"
+            assert f"{protocol}_entropy_production.png" in figures, f"{system}/{protocol}"
 
 
 @pytest.mark.slow
@@ -104,13 +136,15 @@ def test_pipeline_runs_are_tracked_in_mlflow(pipeline_repo):
     training = [run for run in runs if "model" in run.data.tags and "kind" not in run.data.tags]
     evaluations = [run for run in runs if run.data.tags.get("kind") == "evaluation"]
 
-    assert len(training) == len(PROTOCOLS) * len(MODELS)
-    assert len(evaluations) == len(PROTOCOLS) * len(MODELS)
+    assert len(training) == len(PROTOCOLS) * len(REPLICAS) * len(MODELS)
+    assert len(evaluations) == len(PROTOCOLS) * len(REPLICAS) * len(MODELS)
     assert any(run.data.tags.get("kind") == "report" for run in runs)
     for run_info in training:
         tags, metrics = run_info.data.tags, run_info.data.metrics
-        protocol = tags["protocol"]
-        dataset = load_ensemble(repo / "data" / "five_well" / protocol / "train.npz")
+        protocol, replica = tags["protocol"], tags["replica"]
+        dataset = load_ensemble(
+            repo / "data" / "five_well" / protocol / f"r{replica}" / "train.npz"
+        )
         artifacts = {a.path for a in client.list_artifacts(run_info.info.run_id)}
         figures = {a.path for a in client.list_artifacts(run_info.info.run_id, "figures")}
         history = client.get_metric_history(run_info.info.run_id, "train/loss")
@@ -142,9 +176,11 @@ def test_model_parameter_change_reruns_only_that_model(pipeline_repo):
         energy.write_text(original)
 
     for protocol in PROTOCOLS:
-        assert f"train@five_well-{protocol}-energy" in output
-        assert f"train@five_well-{protocol}-diffusion" not in output
-        assert f"simulate@five_well-{protocol}" not in output
+        for replica in REPLICAS:
+            stage = f"five_well-{protocol}-{replica}"
+            assert f"train@{stage}-energy" in output
+            assert f"train@{stage}-diffusion" not in output
+            assert f"simulate@{stage}" not in output
 
 
 @pytest.mark.slow
@@ -159,4 +195,6 @@ def test_system_parameter_change_reruns_simulation(pipeline_repo):
         system.write_text(original)
 
     for protocol in PROTOCOLS:
-        assert f"simulate@five_well-{protocol}" in output
+        for replica in REPLICAS:
+            assert f"simulate@five_well-{protocol}-{replica}" in output
+        assert f"simulate@prinz_quench-{protocol}-0" not in output

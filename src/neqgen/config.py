@@ -58,19 +58,38 @@ def model_kwargs(model_cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def replica(cfg: DictConfig) -> int:
+    """Return cfg.replica, the index of an independent repetition of the whole experiment."""
+    value = cfg.get("replica", 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"replica must be a non-negative integer, got {value!r}")
+    return value
+
+
+def protocol_dir(root: str | os.PathLike, cfg: DictConfig) -> Path:
+    """Return <root>/<system>/<protocol>: outputs shared by every replica."""
+    return Path(root) / cfg.system.name / cfg.protocol.name
+
+
+def replica_dir(root: str | os.PathLike, cfg: DictConfig) -> Path:
+    """Return <root>/<system>/<protocol>/r<replica>: the outputs of one replica."""
+    return protocol_dir(root, cfg) / f"r{replica(cfg)}"
+
+
 def dataset_path(cfg: DictConfig, split: str) -> Path:
-    """Return the ensemble file of a split ('train' or 'heldout') for the configured protocol."""
-    return Path(cfg.paths.data) / cfg.system.name / cfg.protocol.name / f"{split}.npz"
+    """Return the ensemble file of a split ('train' or 'heldout') of the configured replica."""
+    return replica_dir(cfg.paths.data, cfg) / f"{split}.npz"
 
 
 def model_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.models) / cfg.system.name / cfg.protocol.name / cfg.model.name
+    return replica_dir(cfg.paths.models, cfg) / cfg.model.name
 
 
 def metrics_path(cfg: DictConfig, name: str) -> Path:
     """Return the time-averaged metrics file of a model (or of ``noise_floor``)."""
-    return Path(cfg.paths.metrics) / cfg.system.name / cfg.protocol.name / f"{name}.json"
+    return replica_dir(cfg.paths.metrics, cfg) / f"{name}.json"
 
 
 def plots_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.plots) / cfg.system.name / cfg.protocol.name
+    """Return the folder of one replica's per-frame tables and snapshot samples."""
+    return replica_dir(cfg.paths.plots, cfg)

@@ -17,7 +17,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from neqgen.commands.reference import exact_masses_on_bins, reference_path
+from neqgen.commands.reference import (
+    exact_masses_on_bins,
+    reference_path,
+)
+from neqgen.commands.train import training_seed
 from neqgen.config import (
     build_system,
     dataset_path,
@@ -27,6 +31,13 @@ from neqgen.config import (
     to_container,
 )
 from neqgen.data.dataset import Ensemble, load_ensemble
+from neqgen.evaluation.entropy import (
+    entropy_production,
+    grid_thermodynamics,
+    path_heat,
+    sample_thermodynamics,
+    window_summary,
+)
 from neqgen.evaluation.figures import plot_metrics_over_time, plot_snapshots
 from neqgen.evaluation.frames import (
     evaluation_frames,
@@ -42,7 +53,7 @@ NOISE_FLOOR = "noise_floor"
 
 
 def _run_tags(run) -> dict[str, str]:
-    keys = ("model", "family", "system", "protocol", "dataset_hash")
+    keys = ("model", "family", "system", "protocol", "replica", "dataset_hash")
     return {key: run.data.tags[key] for key in keys if key in run.data.tags}
 
 
@@ -69,6 +80,45 @@ def _exact_masses(cfg: DictConfig, frames: np.ndarray) -> list[np.ndarray] | Non
     return masses
 
 
+def _entropy_production(cfg, system, samples, times, frames, paths: bool, name: str) -> dict:
+    """Estimate the entropy production of samples at the evaluated frames; compare with exact.
+
+    Writes the per-interval rates to ``<name>_entropy.csv`` and returns the summary: the
+    entropy produced up to evaluation.early_until and the mean rate after it, from the
+    first law on the marginals, from the heat along the paths when ``paths`` (the same
+    particle in every column), and from the exact density when its reference exists.
+    """
+    split = float(cfg.evaluation.early_until)
+    thermodynamics = sample_thermodynamics(samples, times, system)
+    rates = entropy_production(thermodynamics, times, system)
+    series = {"epr": rates["epr"]}
+    summary = window_summary(rates, split)
+    if paths:
+        path_rates = entropy_production(
+            thermodynamics, times, system, heat=path_heat(samples, times, system)
+        )
+        series["epr_paths"] = path_rates["epr"]
+        summary.update(
+            {f"{key}_paths": value for key, value in window_summary(path_rates, split).items()}
+        )
+    path = reference_path(cfg)
+    if path.is_file():
+        with np.load(path) as archive:
+            masses = archive["masses"][frames]
+            edges = [archive[f"edges_{axis}"] for axis in range(system.dim)]
+        exact = entropy_production(
+            grid_thermodynamics(masses, edges, times, system), times, system
+        )
+        series["epr_exact"] = exact["epr"]
+        exact_summary = window_summary(exact, split)
+        for key, value in exact_summary.items():
+            summary[f"{key}_exact"] = value
+            summary[f"{key}_error"] = abs(summary[key] - value)
+    plots_dir(cfg).mkdir(parents=True, exist_ok=True)
+    write_frame_table(plots_dir(cfg) / f"{name}_entropy.csv", rates["time"], series)
+    return summary
+
+
 def _load_reference(cfg: DictConfig) -> tuple[Ensemble, np.ndarray]:
     heldout = load_ensemble(dataset_path(cfg, "heldout"))
     frames = evaluation_frames(
@@ -77,8 +127,11 @@ def _load_reference(cfg: DictConfig) -> tuple[Ensemble, np.ndarray]:
     return heldout, frames
 
 
-def _write_outputs(cfg, name, times, scores, samples, snapshot_index) -> dict[str, float]:
+def _write_outputs(
+    cfg, name, times, scores, samples, snapshot_index, entropy: dict
+) -> dict[str, float]:
     summary = summarize(scores, times, float(cfg.evaluation.early_until))
+    summary.update(entropy)
     summary["n_frames"] = len(times)
     summary["n_samples"] = int(samples.shape[1])
     path = metrics_path(cfg, name)
@@ -114,19 +167,22 @@ def run_noise_floor(cfg: DictConfig) -> dict[str, float]:
             train.n_particles,
         )
     samples = np.asarray(train.positions[frames, :n_samples])
+    system = build_system(cfg.system)
     scores = score_frames(
         samples,
         heldout.positions[frames],
         heldout.times[frames],
-        build_system(cfg.system),
+        system,
         int(cfg.evaluation.jsd_bins),
         int(cfg.evaluation.w1_max_points),
-        seed=int(cfg.seed),
+        seed=training_seed(cfg),
         desc="noise floor",
         exact_masses=_exact_masses(cfg, frames),
     )
     snapshots = snapshot_frames(heldout.times[frames], list(cfg.evaluation.snapshot_times))
-    summary = _write_outputs(cfg, NOISE_FLOOR, heldout.times[frames], scores, samples, snapshots)
+    times = heldout.times[frames]
+    entropy = _entropy_production(cfg, system, samples, times, frames, True, NOISE_FLOOR)
+    summary = _write_outputs(cfg, NOISE_FLOOR, times, scores, samples, snapshots, entropy)
     # The held-out ensemble at the snapshot frames is the "truth" row of snapshot figures.
     np.savez(
         plots_dir(cfg) / "truth_snapshots.npz",
@@ -170,7 +226,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
 
     times = heldout.times[frames]
     n_samples = int(cfg.evaluation.n_samples or heldout.n_particles)
-    generator = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    generator = torch.Generator(device=device).manual_seed(training_seed(cfg))
     samples = model.sample(
         torch.as_tensor(times),
         n_samples,
@@ -191,12 +247,14 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
         system,
         int(cfg.evaluation.jsd_bins),
         int(cfg.evaluation.w1_max_points),
-        seed=int(cfg.seed),
+        seed=training_seed(cfg),
         desc=f"score {cfg.model.name}",
         exact_masses=_exact_masses(cfg, frames),
     )
     snapshots = snapshot_frames(times, list(cfg.evaluation.snapshot_times))
-    summary = _write_outputs(cfg, cfg.model.name, times, scores, samples, snapshots)
+    paths = getattr(model, "data_kind", "frames") == "paths"
+    entropy = _entropy_production(cfg, system, samples, times, frames, paths, cfg.model.name)
+    summary = _write_outputs(cfg, cfg.model.name, times, scores, samples, snapshots, entropy)
     _log_to_run(
         cfg, system, record["run_id"], times, scores, summary, samples, heldout, frames, snapshots
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from neqgen.config import build_system, dataset_path, plots_dir
+from neqgen.config import build_system, protocol_dir
 from neqgen.reference import (
     Grid,
     distance_from_equilibrium,
@@ -24,8 +24,13 @@ log = logging.getLogger(__name__)
 
 
 def reference_path(cfg: DictConfig) -> Path:
-    """Return the file of the exact density, beside the ensembles."""
-    return dataset_path(cfg, "train").with_name("reference.npz")
+    """Return the file of the exact density, beside the replicas' ensembles."""
+    return protocol_dir(cfg.paths.data, cfg) / "reference.npz"
+
+
+def equilibrium_table_path(cfg: DictConfig) -> Path:
+    """Return the per-frame distance-from-equilibrium table of the configured protocol."""
+    return protocol_dir(cfg.paths.plots, cfg) / "equilibrium.csv"
 
 
 def run_reference(cfg: DictConfig) -> Path:
@@ -59,7 +64,7 @@ def run_reference(cfg: DictConfig) -> Path:
 
     distance = distance_from_equilibrium(solution, system)
     entropy = entropy_production_rate(solution, system)
-    table = plots_dir(cfg) / "equilibrium.csv"
+    table = equilibrium_table_path(cfg)
     table.parent.mkdir(parents=True, exist_ok=True)
     lines = ["time,kl,js,entropy_production"]
     for index, time in enumerate(times):

@@ -7,13 +7,16 @@ import logging
 import torch
 from omegaconf import DictConfig
 
-from neqgen.config import build_system, dataset_path, to_container
+from neqgen.config import build_system, dataset_path, replica, to_container
 from neqgen.data.dataset import library_versions, save_ensemble
 from neqgen.simulation import frame_times, initial_positions, simulate
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# Replica k simulates with the configured seeds plus k times this stride.
+REPLICA_SEED_STRIDE = 1000
 
 
 def run_simulation(cfg: DictConfig) -> dict[str, str]:
@@ -40,8 +43,10 @@ def run_simulation(cfg: DictConfig) -> dict[str, str]:
 
     system = build_system(cfg.system)
     times = frame_times(sim.horizon, sim.n_frames)
+    offset = REPLICA_SEED_STRIDE * replica(cfg)
+    seeds = {"train": int(sim.seed) + offset, "heldout": int(sim.heldout_seed) + offset}
     positions = {}
-    for split, seed in (("train", sim.seed), ("heldout", sim.heldout_seed)):
+    for split, seed in seeds.items():
         log.info(
             "Simulating %s ensemble of %s/%s: %d particles, %d frames, seed %d",
             split,
@@ -67,10 +72,11 @@ def run_simulation(cfg: DictConfig) -> dict[str, str]:
         )
 
     hashes = {}
-    for split, seed in (("train", sim.seed), ("heldout", sim.heldout_seed)):
+    for split, seed in seeds.items():
         metadata = {
             "split": split,
-            "seed": int(seed),
+            "seed": seed,
+            "replica": replica(cfg),
             "system": cfg.system.name,
             "protocol": cfg.protocol.name,
             # The sections that define the data; model and trainer settings stay out so

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import tempfile
@@ -9,12 +10,20 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
-from neqgen.config import build_system, dataset_path, model_dir, model_kwargs, to_container
+from neqgen.config import (
+    build_system,
+    dataset_path,
+    model_dir,
+    model_kwargs,
+    replica,
+    to_container,
+)
 from neqgen.data.datamodule import EnsembleDataModule
 from neqgen.models.base import GenerativeModel
 from neqgen.tracking import ensure_experiment, flatten_params, log_params, tracking_uri
@@ -29,7 +38,16 @@ def build_model(cfg: DictConfig, horizon: float, data_std: float) -> GenerativeM
     if "data_scale" in kwargs and kwargs["data_scale"] is None:
         kwargs["data_scale"] = data_std
     model_class = hydra.utils.get_class(cfg.model._target_)
+    if "system_config" in inspect.signature(model_class).parameters:
+        # Models that use the true potential (the Boltzmann oracle) rebuild the system
+        # from its config, which their checkpoint keeps as a hyperparameter.
+        kwargs["system_config"] = to_container(cfg.system)
     return model_class(dim=system.dim, horizon=horizon, domain=system.domain, **kwargs)
+
+
+def training_seed(cfg: DictConfig) -> int:
+    """Return the seed of training and sampling: cfg.seed plus the replica index."""
+    return int(cfg.seed) + replica(cfg)
 
 
 def check_dataset_config(cfg: DictConfig, dataset_config: dict) -> None:
@@ -64,9 +82,11 @@ def run_training(cfg: DictConfig) -> dict:
     max_epochs = cfg.trainer.get("max_epochs")
     if not isinstance(max_epochs, int) or max_epochs < 1:
         raise ValueError(f"trainer.max_epochs must be a positive integer, got {max_epochs}")
-    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    datamodule = EnsembleDataModule(
-        dataset_path(cfg, "train"), seed=int(cfg.seed), **to_container(cfg.data)
+    seed = training_seed(cfg)
+    pl.seed_everything(seed, workers=True, verbose=False)
+    model_class = hydra.utils.get_class(cfg.model._target_)
+    datamodule = datamodule_class(model_class)(
+        dataset_path(cfg, "train"), seed=seed, **to_container(cfg.data)
     )
     ensemble = datamodule.prepare()
     check_dataset_config(cfg, ensemble.metadata.get("config", {}))
@@ -75,8 +95,12 @@ def run_training(cfg: DictConfig) -> dict:
 
     experiment_id = ensure_experiment(cfg)
     dataset_hash = ensemble.content_hash
-    run_name = f"{cfg.model.name}-{cfg.system.name}-{cfg.protocol.name}-{dataset_hash[:8]}"
+    run_name = (
+        f"{cfg.model.name}-{cfg.system.name}-{cfg.protocol.name}-r{replica(cfg)}-"
+        f"{dataset_hash[:8]}"
+    )
     tags = {
+        "replica": str(replica(cfg)),
         "model": cfg.model.name,
         "family": model.family,
         "system": cfg.system.name,
@@ -92,6 +116,54 @@ def run_training(cfg: DictConfig) -> dict:
     )
     output = model_dir(cfg)
     output.mkdir(parents=True, exist_ok=True)
+    final_path = output / "model.ckpt"
+    if getattr(model_class, "trainable", True):
+        trainer, best_val = _fit(cfg, model, datamodule, logger, output, final_path)
+        epochs = trainer.current_epoch
+    else:
+        # Nothing to fit (the Boltzmann oracle): the built model is the checkpoint.
+        _save_untrained(model, final_path)
+        best_val, epochs = None, 0
+
+    client = MlflowClient(tracking_uri(cfg))
+    run_id = logger.run_id
+    log_params(client, run_id, flatten_params(to_container(cfg), prefix="config."))
+    if best_val is not None:
+        client.log_metric(run_id, "best/val_loss", best_val)
+    else:
+        client.set_terminated(run_id)
+    with tempfile.TemporaryDirectory() as scratch:
+        config_file = Path(scratch) / "config.yaml"
+        config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        client.log_artifact(run_id, str(config_file))
+    client.log_artifact(run_id, str(final_path), artifact_path="checkpoint")
+
+    record = {
+        "run_id": run_id,
+        "experiment_id": experiment_id,
+        "run_name": run_name,
+        "checkpoint": str(final_path),
+        "model_target": cfg.model._target_,
+        "dataset_hash": dataset_hash,
+        "best_val_loss": best_val,
+        "epochs": epochs,
+    }
+    (output / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    log.info("Trained %s: best val/loss %s, MLflow run %s", run_name, best_val, run_id)
+    return record
+
+
+def datamodule_class(model_class: type) -> type:
+    """Return the datamodule a model class trains on: whole paths or single frames."""
+    if getattr(model_class, "data_kind", "frames") == "paths":
+        from neqgen.data.paths import PathDataModule
+
+        return PathDataModule
+    return EnsembleDataModule
+
+
+def _fit(cfg, model, datamodule, logger, output: Path, final_path: Path):
+    """Run the Lightning Trainer and move the checkpoint with the lowest val/loss to final_path."""
     with tempfile.TemporaryDirectory(dir=output, prefix=".checkpoints.") as checkpoints:
         checkpoint = ModelCheckpoint(
             dirpath=checkpoints, filename="best", monitor="val/loss", mode="min"
@@ -109,30 +181,17 @@ def run_training(cfg: DictConfig) -> dict:
                 f"training produced no checkpoint in {checkpoints}; check that "
                 f"trainer.max_epochs ({cfg.trainer.max_epochs}) is at least 1"
             )
-        final_path = output / "model.ckpt"
         best_path.replace(final_path)
+    return trainer, float(checkpoint.best_model_score)
 
-    client = MlflowClient(tracking_uri(cfg))
-    run_id = logger.run_id
-    log_params(client, run_id, flatten_params(to_container(cfg), prefix="config."))
-    best_val = float(checkpoint.best_model_score)
-    client.log_metric(run_id, "best/val_loss", best_val)
-    with tempfile.TemporaryDirectory() as scratch:
-        config_file = Path(scratch) / "config.yaml"
-        config_file.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        client.log_artifact(run_id, str(config_file))
-    client.log_artifact(run_id, str(final_path), artifact_path="checkpoint")
 
-    record = {
-        "run_id": run_id,
-        "experiment_id": experiment_id,
-        "run_name": run_name,
-        "checkpoint": str(final_path),
-        "model_target": cfg.model._target_,
-        "dataset_hash": dataset_hash,
-        "best_val_loss": best_val,
-        "epochs": trainer.current_epoch,
+def _save_untrained(model: GenerativeModel, path: Path) -> None:
+    """Write a model without training in the checkpoint format that load_from_checkpoint reads."""
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": pl.__version__,
     }
-    (output / "run.json").write_text(json.dumps(record, indent=2) + "\n")
-    log.info("Trained %s: best val/loss %.4g, MLflow run %s", run_name, best_val, run_id)
-    return record
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(checkpoint, temporary)
+    temporary.replace(path)

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 from neqgen.evaluation.distances import (
     angular_lag,
     energy_distance,
+    kl_divergence,
     mmd,
     wasserstein,
     well_populations,
@@ -68,13 +69,15 @@ def score_frames(
       its absolute difference from the reference's lag.
     - with ``exact_masses`` (one array per frame: the exact probability of every histogram
       cell, in the layout of :func:`neqgen.evaluation.metrics.histogram`), ``jsd_exact``:
-      the Jensen-Shannon divergence of the samples' histogram from the exact density.
+      the Jensen-Shannon divergence of the samples' histogram from the exact density, and
+      ``kl_exact``: KL(samples || exact) of the histogram's cells inside the domain (the
+      histogram renormalised to its inside mass; exact densities are positive there).
     """
     rng = np.random.default_rng(seed)
     rotating = isinstance(system, RotatingWells)
     names = METRICS + (ROTATING_METRICS if rotating else ())
     if exact_masses is not None:
-        names += ("jsd_exact",)
+        names += ("jsd_exact", "kl_exact")
     scores = {name: np.empty(len(samples)) for name in names}
     for frame in tqdm(range(len(samples)), desc=desc, leave=False):
         a, b = samples[frame], reference[frame]
@@ -82,6 +85,9 @@ def score_frames(
         if exact_masses is not None:
             counts = histogram(a, system.domain, jsd_bins)
             scores["jsd_exact"][frame] = jensen_shannon(counts, exact_masses[frame])
+            inside_mass = counts[:-1].sum()
+            inside = counts[:-1] / inside_mass if inside_mass > 0 else counts[:-1]
+            scores["kl_exact"][frame] = kl_divergence(inside, exact_masses[frame][:-1], 1.0)
         scores["w1"][frame] = wasserstein1(a, b, w1_max_points, rng)
 
         small_a = _subset(a, w1_max_points, rng)
