@@ -3,5 +3,13 @@
 from neqgen.models.base import GenerativeModel
 from neqgen.models.equilibrium.energy import TimeConditionedEnergy
 from neqgen.models.nonequilibrium.diffusion import TimeConditionedDiffusion
+from neqgen.models.nonequilibrium.flow_matching import TimeConditionedFlowMatching
+from neqgen.models.nonequilibrium.score_sde import TimeConditionedScoreSDE
 
-__all__ = ["GenerativeModel", "TimeConditionedDiffusion", "TimeConditionedEnergy"]
+__all__ = [
+    "GenerativeModel",
+    "TimeConditionedDiffusion",
+    "TimeConditionedEnergy",
+    "TimeConditionedFlowMatching",
+    "TimeConditionedScoreSDE",
+]
