@@ -169,7 +169,14 @@ def simulate(
     n_frames = len(times)
     bounds = torch.linspace(0, n_frames - 1, min(n_chunks, n_frames - 1) + 1).round().long()
     frames = [state.cpu()[None]]
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        # Each step is a few small element-wise kernels, for which torch's extra intra-op
+        # threads only add synchronisation: with another process on the cores, the default
+        # thread count ran 20 times slower than one thread.
+        torch.set_num_threads(1)
     with (
+        _restore_threads(threads),
         torch.no_grad(),
         tqdm(
             total=float(times[-1] - times[0]), desc="simulate", unit="time", disable=not progress
@@ -188,6 +195,7 @@ def simulate(
 
 @contextlib.contextmanager
 def _restore_threads(threads: int):
+    """Set torch's intra-op thread count back to ``threads`` on exit."""
     try:
         yield
     finally:
