@@ -127,6 +127,18 @@ def serve_ui(cfg, dry_run: bool = False) -> int:
     os.execv(command[0], command)
 
 
+def set_threads(cfg) -> None:
+    """Apply cfg.threads, torch's intra-op thread count on CPU (null keeps torch's default)."""
+    threads = cfg.get("threads")
+    if threads is None:
+        return
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or null, got {threads!r}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -137,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("lightning.pytorch").propagate = False
     try:
         cfg = load_config(args.overrides, args.config_dir)
+        set_threads(cfg)
         if args.command == "simulate":
             from neqgen.commands.simulate import run_simulation
 
