@@ -38,7 +38,14 @@ def build_model(cfg: DictConfig, horizon: float, data_std: float) -> GenerativeM
     if "data_scale" in kwargs and kwargs["data_scale"] is None:
         kwargs["data_scale"] = data_std
     model_class = hydra.utils.get_class(cfg.model._target_)
-    if "system_config" in inspect.signature(model_class).parameters:
+    parameters = inspect.signature(model_class).parameters
+    # Size presets (experiment=tiny, experiment=paper) set keys such as model.hidden for
+    # every model; a model without that setting (the Boltzmann oracle) ignores them.
+    unused = sorted(key for key in kwargs if key not in parameters)
+    if unused:
+        log.info("%s takes no %s; ignoring them", cfg.model.name, ", ".join(unused))
+        kwargs = {key: value for key, value in kwargs.items() if key in parameters}
+    if "system_config" in parameters:
         # Models that use the true potential (the Boltzmann oracle) rebuild the system
         # from its config, which their checkpoint keeps as a hyperparameter.
         kwargs["system_config"] = to_container(cfg.system)

@@ -2,12 +2,16 @@
 
 from neqgen.models.base import GenerativeModel
 from neqgen.models.equilibrium.energy import TimeConditionedEnergy
+from neqgen.models.equilibrium.oracle import BoltzmannOracle
+from neqgen.models.equilibrium.stationary import StationaryEnergy
 from neqgen.models.nonequilibrium.diffusion import TimeConditionedDiffusion
 from neqgen.models.nonequilibrium.flow_matching import TimeConditionedFlowMatching
 from neqgen.models.nonequilibrium.score_sde import TimeConditionedScoreSDE
 
 __all__ = [
+    "BoltzmannOracle",
     "GenerativeModel",
+    "StationaryEnergy",
     "TimeConditionedDiffusion",
     "TimeConditionedEnergy",
     "TimeConditionedFlowMatching",
