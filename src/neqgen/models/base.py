@@ -72,12 +72,7 @@ class GenerativeModel(pl.LightningModule):
         torch.Tensor
             Samples of shape (n_times, n_samples, dim) on the CPU.
         """
-        times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
-        if ((times < 0) | (times > self.horizon * (1 + 1e-6))).any():
-            raise ValueError(
-                f"sample times must lie in [0, {self.horizon}] (the training horizon), "
-                f"got min {float(times.min())}, max {float(times.max())}"
-            )
+        times = self.check_times(times)
         was_training = self.training
         self.eval()
         flat = times.repeat_interleave(n_samples).to(self.device)
@@ -90,6 +85,16 @@ class GenerativeModel(pl.LightningModule):
             chunks.append(self.sample_times(flat[start : start + batch_size], generator).cpu())
         self.train(was_training)
         return torch.cat(chunks).reshape(len(times), n_samples, self.dim)
+
+    def check_times(self, times) -> torch.Tensor:
+        """Return times as a flat float tensor; raise if any lies outside [0, horizon]."""
+        times = torch.as_tensor(times, dtype=torch.float32).reshape(-1)
+        if ((times < 0) | (times > self.horizon * (1 + 1e-6))).any():
+            raise ValueError(
+                f"sample times must lie in [0, {self.horizon}] (the training horizon), "
+                f"got min {float(times.min())}, max {float(times.max())}"
+            )
+        return times
 
     def training_step(self, batch, batch_index):
         x, t = batch

@@ -213,6 +213,25 @@ class StationaryEnergy(GenerativeModel):
         buffer[rows] = moved
         return moved
 
+    @torch.no_grad()
+    def sample(
+        self,
+        times: torch.Tensor,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+        batch_size: int = 65536,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Draw n_samples of the stationary density once and return them at every time.
+
+        The density does not depend on t, so one set of chains serves all times; the
+        frames then share their samples, which leaves every per-frame score unchanged in
+        law and costs one frame's chains instead of one per time.
+        """
+        times = self.check_times(times)
+        first = super().sample(times[:1], n_samples, generator, batch_size, progress)
+        return first.expand(len(times), -1, -1).clone()
+
     def sample_times(self, t: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         starts = uniform_in_domain(len(t), self.domain, generator, self.device)
         chains = run_chains(
