@@ -92,8 +92,12 @@ def run_training(cfg: DictConfig) -> dict:
     seed = training_seed(cfg)
     pl.seed_everything(seed, workers=True, verbose=False)
     model_class = hydra.utils.get_class(cfg.model._target_)
+    data_kwargs = to_container(cfg.data)
+    if getattr(model_class, "data_kind", "frames") == "paths":
+        # Trajectory models train on windows of `window` consecutive frame-to-frame steps.
+        data_kwargs["window"] = int(cfg.model.get("window", 1))
     datamodule = datamodule_class(model_class)(
-        dataset_path(cfg, "train"), seed=seed, **to_container(cfg.data)
+        dataset_path(cfg, "train"), seed=seed, **data_kwargs
     )
     ensemble = datamodule.prepare()
     check_dataset_config(cfg, ensemble.metadata.get("config", {}))
