@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
@@ -220,9 +219,15 @@ def _protocol_report(cfg: DictConfig, replicas: list[int]) -> tuple[dict, dict, 
     metric = next((key for key in HEADLINE_KEYS if all(key in v for v in values.values())), None)
     comparisons = {}
     if metric is not None and len(replicas) > 1:
-        for first, second in itertools.combinations(entries, 2):
-            result = compare(values[first][metric], values[second][metric])
-            comparisons[f"{first} - {second}"] = {"metric": metric, **result}
+        # Every model against the best one and against the noise floor: enough to tell
+        # which differences exceed the seed noise, without all pairs.
+        models = [name for name in entries if name != NOISE_FLOOR]
+        best = min(models, key=lambda name: entries[name][metric])
+        for name in models:
+            for other in (best, NOISE_FLOOR):
+                if name != other:
+                    result = compare(values[name][metric], values[other][metric])
+                    comparisons[f"{name} - {other}"] = {"metric": metric, **result}
     entries["comparisons"] = comparisons
     table_path = equilibrium_table_path(cfg)
     equilibrium = _read_table(table_path) if table_path.is_file() else None
