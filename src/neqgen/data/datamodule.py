@@ -12,6 +12,32 @@ from torch.utils.data import DataLoader, Dataset
 from neqgen.data.dataset import Ensemble, load_ensemble
 
 
+def split_particles(
+    n_particles: int, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split particle indices into sorted training and validation sets of whole trajectories.
+
+    The split is a permutation drawn with ``numpy.random.default_rng(seed)`` whose first
+    round(val_fraction * n) entries (at least one) are the validation particles; the frame
+    and the path datamodules share it, so one seed holds out the same particles in both.
+
+    Raises
+    ------
+    ValueError
+        If val_fraction is outside (0, 1) or the split would leave no training particle.
+    """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(n_particles)
+    n_val = max(1, int(round(val_fraction * n_particles)))
+    if n_val >= n_particles:
+        raise ValueError(
+            f"data.val_fraction={val_fraction} leaves no training particle out of "
+            f"{n_particles}; lower it or simulate more particles"
+        )
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
 class FrameDataset(Dataset):
     """Items are (positions, time) of one frame: (particles_per_frame, dim) and a scalar.
 
@@ -91,9 +117,7 @@ class EnsembleDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         ensemble = self.prepare()
-        order = np.random.default_rng(self.seed).permutation(ensemble.n_particles)
-        n_val = max(1, int(round(self.val_fraction * ensemble.n_particles)))
-        train, val = np.sort(order[n_val:]), np.sort(order[:n_val])
+        train, val = split_particles(ensemble.n_particles, self.val_fraction, self.seed)
         self.train_set = FrameDataset(
             ensemble.positions[:, train],
             ensemble.times,

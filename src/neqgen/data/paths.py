@@ -14,33 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from neqgen.data.datamodule import split_particles
 from neqgen.data.dataset import Ensemble, load_ensemble
-
-
-def split_particles(
-    n_particles: int, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split particle indices into sorted training and validation sets of whole trajectories.
-
-    The split is the one of :class:`neqgen.data.datamodule.EnsembleDataModule`: a permutation
-    drawn with ``numpy.random.default_rng(seed)`` whose first round(val_fraction * n)
-    entries (at least one) are the validation particles.
-
-    Raises
-    ------
-    ValueError
-        If val_fraction is outside (0, 1) or the split would leave no training particle.
-    """
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-    order = np.random.default_rng(seed).permutation(n_particles)
-    n_val = max(1, int(round(val_fraction * n_particles)))
-    if n_val >= n_particles:
-        raise ValueError(
-            f"data.val_fraction={val_fraction} leaves no training particle out of "
-            f"{n_particles}; lower it or simulate more particles"
-        )
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 class WindowDataset(Dataset):
