@@ -1,4 +1,4 @@
-"""The ``neqgen`` command: simulate, train, evaluate, report and browse runs.
+"""The ``neqgen`` command: simulate, train, tune, evaluate, report and browse runs.
 
 Every subcommand takes Hydra overrides of conf/config.yaml, for example
 ``neqgen train model=energy protocol=one_well trainer.max_epochs=5``.
@@ -35,6 +35,12 @@ COMMANDS = {
         "Train one model (model=energy or model=diffusion) on the training ensemble with a "
         "Lightning Trainer, recorded as an MLflow run; writes the checkpoint and run.json to "
         "<paths.models>/<system>/<protocol>/<model>/."
+    ),
+    "tune": (
+        "Tune one model's hyperparameters with an Optuna study over its search space "
+        "(conf/tune/<model>.yaml): every trial trains like `neqgen train`, as an MLflow run "
+        "nested under the study's run. Rerunning the command resumes the study; writes the "
+        "best configuration to conf/model/tuned/<study>.yaml."
     ),
     "evaluate": (
         "Sample a trained model at the recorded frames and score it against the held-out "
@@ -158,6 +164,14 @@ def main(argv: list[str] | None = None) -> int:
             from neqgen.commands.train import run_training
 
             run_training(cfg)
+        elif args.command == "tune":
+            from neqgen.commands.tune import TuningError, run_tuning
+
+            try:
+                run_tuning(cfg, config_dir=args.config_dir, overrides=args.overrides)
+            except TuningError as error:
+                log.error("%s", error, exc_info=args.verbose)
+                return 1
         elif args.command == "evaluate":
             from neqgen.commands import evaluate
 

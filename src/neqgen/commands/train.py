@@ -6,12 +6,13 @@ import inspect
 import json
 import logging
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
@@ -79,12 +80,24 @@ def check_dataset_config(cfg: DictConfig, dataset_config: dict) -> None:
         )
 
 
-def run_training(cfg: DictConfig) -> dict:
+def run_training(
+    cfg: DictConfig,
+    *,
+    callbacks: Sequence[Callback] = (),
+    tags: Mapping[str, str] | None = None,
+    run_name: str | None = None,
+    output: Path | None = None,
+) -> dict:
     """Fit cfg.model on the training ensemble and record the run in MLflow.
 
     Writes ``<model_dir>/model.ckpt`` (the checkpoint with the lowest ``val/loss``) and
     ``<model_dir>/run.json`` with the MLflow run id, so that evaluation can log into the
     same run. Returns the contents of run.json.
+
+    The keyword arguments serve callers that train many variants, such as the tune command:
+    extra Lightning ``callbacks``, extra MLflow ``tags`` (``mlflow.parentRunId`` nests the
+    run), a ``run_name`` in place of the default one, and an ``output`` folder in place of
+    the model's folder.
     """
     max_epochs = cfg.trainer.get("max_epochs")
     if not isinstance(max_epochs, int) or max_epochs < 1:
@@ -106,7 +119,7 @@ def run_training(cfg: DictConfig) -> dict:
 
     experiment_id = ensure_experiment(cfg)
     dataset_hash = ensemble.content_hash
-    run_name = (
+    run_name = run_name or (
         f"{cfg.model.name}-{cfg.system.name}-{cfg.protocol.name}-r{replica(cfg)}-"
         f"{dataset_hash[:8]}"
     )
@@ -118,6 +131,7 @@ def run_training(cfg: DictConfig) -> dict:
         "protocol": cfg.protocol.name,
         "dataset_hash": dataset_hash,
         "dataset_path": str(dataset_path(cfg, "train")),
+        **(tags or {}),
     }
     logger = MLFlowLogger(
         experiment_name=cfg.tracking.experiment,
@@ -125,11 +139,13 @@ def run_training(cfg: DictConfig) -> dict:
         tracking_uri=tracking_uri(cfg),
         tags=tags,
     )
-    output = model_dir(cfg)
+    output = Path(output) if output is not None else model_dir(cfg)
     output.mkdir(parents=True, exist_ok=True)
     final_path = output / "model.ckpt"
     if getattr(model_class, "trainable", True):
-        trainer, best_val = _fit(cfg, model, datamodule, logger, output, final_path)
+        trainer, best_val = _fit(
+            cfg, model, datamodule, logger, output, final_path, list(callbacks)
+        )
         epochs = trainer.current_epoch
     else:
         # Nothing to fit (the Boltzmann oracle): the built model is the checkpoint.
@@ -173,7 +189,7 @@ def datamodule_class(model_class: type) -> type:
     return EnsembleDataModule
 
 
-def _fit(cfg, model, datamodule, logger, output: Path, final_path: Path):
+def _fit(cfg, model, datamodule, logger, output: Path, final_path: Path, callbacks: list):
     """Run the Lightning Trainer and move the checkpoint with the lowest val/loss to final_path."""
     with tempfile.TemporaryDirectory(dir=output, prefix=".checkpoints.") as checkpoints:
         checkpoint = ModelCheckpoint(
@@ -182,7 +198,7 @@ def _fit(cfg, model, datamodule, logger, output: Path, final_path: Path):
         trainer = pl.Trainer(
             **to_container(cfg.trainer),
             logger=logger,
-            callbacks=[checkpoint],
+            callbacks=[checkpoint, *callbacks],
             default_root_dir=str(output),
         )
         trainer.fit(model, datamodule=datamodule)
