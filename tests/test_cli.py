@@ -170,3 +170,55 @@ def test_ui_rejects_port_out_of_range(caplog):
 
     assert code == 2
     assert "ui.port must be an integer in [1, 65535], got 99999" in caplog.text
+
+
+def test_train_rejects_zero_particles_per_frame(tmp_path, caplog):
+    paths = [f"paths.{name}={tmp_path / name}" for name in ("data", "models", "mlruns")]
+    main(["--config-dir", str(CONFIG_DIR), "simulate", "experiment=tiny", *paths])
+
+    code = main(
+        ["--config-dir", str(CONFIG_DIR), "train", "experiment=tiny"]
+        + ["data.particles_per_frame=0", *paths]
+    )
+
+    assert code == 2
+    assert "data.particles_per_frame must be a positive integer, got 0" in caplog.text
+    assert not list((tmp_path / "models").rglob("model.ckpt"))
+
+
+def test_evaluate_rejects_zero_histogram_bins(tmp_path, caplog):
+    paths = [f"paths.{name}={tmp_path / name}" for name in ("data", "metrics", "plots")]
+    main(["--config-dir", str(CONFIG_DIR), "simulate", "experiment=tiny", *paths])
+
+    code = main(
+        ["--config-dir", str(CONFIG_DIR), "evaluate", "--noise-floor", "experiment=tiny"]
+        + ["evaluation.jsd_bins=0", *paths]
+    )
+
+    assert code == 2
+    assert "evaluation.jsd_bins must be an integer >= 1, got 0" in caplog.text
+
+
+def test_evaluate_names_an_unreadable_reference(tmp_path, caplog):
+    paths = [f"paths.{name}={tmp_path / name}" for name in ("data", "metrics", "plots")]
+    main(["--config-dir", str(CONFIG_DIR), "simulate", "experiment=tiny", *paths])
+    reference = tmp_path / "data" / "five_well" / "uniform" / "reference.npz"
+    reference.write_bytes(b"PK\x03\x04 truncated")
+
+    code = main(
+        ["--config-dir", str(CONFIG_DIR), "evaluate", "--noise-floor", "experiment=tiny"] + paths
+    )
+
+    assert code == 2
+    assert "is not a readable reference" in caplog.text
+    assert "rerun `neqgen reference`" in caplog.text
+
+
+def test_report_rejects_repeated_replica(tmp_path, caplog):
+    code = main(
+        ["--config-dir", str(CONFIG_DIR), "report", "experiment=tiny"]
+        + [f"paths.metrics={tmp_path}", "pipeline.replicas=[0,0]"]
+    )
+
+    assert code == 2
+    assert "lists a replica twice" in caplog.text

@@ -29,12 +29,14 @@ OVERRIDES_HELP = (
 COMMANDS = {
     "simulate": (
         "Simulate the training and held-out ensembles of one system and protocol with "
-        "torchsde and write them to <paths.data>/<system>/<protocol>/{train,heldout}.npz."
+        "torchsde and write them to "
+        "<paths.data>/<system>/<protocol>/r<replica>/{train,heldout}.npz."
     ),
     "train": (
-        "Train one model (model=energy or model=diffusion) on the training ensemble with a "
-        "Lightning Trainer, recorded as an MLflow run; writes the checkpoint and run.json to "
-        "<paths.models>/<system>/<protocol>/<model>/."
+        "Train one model (model=<name of a file in conf/model/>, for example energy, "
+        "diffusion or bridge) on the training ensemble with a Lightning Trainer, recorded "
+        "as an MLflow run; writes the checkpoint and run.json to "
+        "<paths.models>/<system>/<protocol>/r<replica>/<model>/."
     ),
     "tune": (
         "Tune one model's hyperparameters with an Optuna study over its search space "
@@ -44,8 +46,9 @@ COMMANDS = {
     ),
     "evaluate": (
         "Sample a trained model at the recorded frames and score it against the held-out "
-        "ensemble (per-frame Jensen-Shannon divergence and Wasserstein-1), logging the "
-        "results into the model's MLflow run. With --noise-floor, score the training "
+        "ensemble and the exact density (per-frame divergences, Wasserstein distances, "
+        "MMD, well populations, entropy production), logging the results into the model's "
+        "MLflow run. With --noise-floor, score the training "
         "ensemble instead, which gives the sampling-noise floor."
     ),
     "reference": (
@@ -54,8 +57,9 @@ COMMANDS = {
         "Boltzmann density; later evaluations then also score models against it."
     ),
     "report": (
-        "Collect the metrics of every protocol and model listed in conf/pipeline/ into "
-        "<paths.metrics>/summary.json and comparison figures, logged as an MLflow run."
+        "Collect the metrics of one system (system=...) for every protocol, replica and "
+        "model listed in conf/pipeline/ into <paths.metrics>/summary/<system>.{json,md} "
+        "with spreads over replicas, and comparison figures, logged as an MLflow run."
     ),
     "ui": (
         "Start the MLflow UI on the project's store (<paths.mlruns>/mlflow.db), bound to "
@@ -80,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         summary = description.split(". ")[0].split("; ")[0].rstrip(".") + "."
         sub = subcommands.add_parser(name, help=summary, description=description)
         sub.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+        sub.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="log at DEBUG level and show the traceback of an error",
+        )
         if name == "evaluate":
             sub.add_argument(
                 "--noise-floor",
@@ -200,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     except MisconfigurationException as error:
         log.error("invalid trainer settings: %s", error, exc_info=args.verbose)
         return 2
+    except RuntimeError as error:
+        # Divergent training or sampling; the message names the setting to change.
+        log.error("%s (run with -v for the traceback)", error, exc_info=args.verbose)
+        return 1
     return 0
 
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from neqgen.commands.reference import (
     exact_masses_on_bins,
+    load_reference_archive,
     reference_path,
 )
 from neqgen.commands.train import training_seed
@@ -68,8 +69,7 @@ def _exact_masses(cfg: DictConfig, frames: np.ndarray) -> list[np.ndarray] | Non
     path = reference_path(cfg)
     if not path.is_file():
         return None
-    with np.load(path) as archive:
-        reference = dict(archive)
+    reference = load_reference_archive(path)
     bins = int(cfg.evaluation.jsd_bins)
     masses = [exact_masses_on_bins(reference, int(frame), bins) for frame in frames]
     if any(mass is None for mass in masses):
@@ -103,9 +103,9 @@ def _entropy_production(cfg, system, samples, times, frames, paths: bool, name: 
         )
     path = reference_path(cfg)
     if path.is_file():
-        with np.load(path) as archive:
-            masses = archive["masses"][frames]
-            edges = [archive[f"edges_{axis}"] for axis in range(system.dim)]
+        archive = load_reference_archive(path)
+        masses = archive["masses"][frames]
+        edges = [archive[f"edges_{axis}"] for axis in range(system.dim)]
         exact = entropy_production(
             grid_thermodynamics(masses, edges, times, system), times, system
         )
@@ -119,7 +119,24 @@ def _entropy_production(cfg, system, samples, times, frames, paths: bool, name: 
     return summary
 
 
+def check_evaluation_settings(cfg: DictConfig) -> None:
+    """Raise ValueError naming the first evaluation setting out of its range."""
+    evaluation = cfg.evaluation
+    minimums = {"jsd_bins": 1, "w1_max_points": 2, "frame_stride": 1}
+    for key, minimum in minimums.items():
+        value = evaluation.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"evaluation.{key} must be an integer >= {minimum}, got {value!r}")
+    n_samples = evaluation.get("n_samples")
+    if n_samples is not None and (not isinstance(n_samples, int) or n_samples < 2):
+        raise ValueError(
+            f"evaluation.n_samples must be null (the held-out size) or an integer >= 2, "
+            f"got {n_samples!r}"
+        )
+
+
 def _load_reference(cfg: DictConfig) -> tuple[Ensemble, np.ndarray]:
+    check_evaluation_settings(cfg)
     heldout = load_ensemble(dataset_path(cfg, "heldout"))
     frames = evaluation_frames(
         heldout.times, int(cfg.evaluation.frame_stride), float(cfg.evaluation.dense_until)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,18 @@ def run_reference(cfg: DictConfig) -> Path:
         distance["js"][-1],
     )
     return path
+
+
+def load_reference_archive(path: Path) -> dict[str, np.ndarray]:
+    """Read a reference.npz written by run_reference; raise ValueError if it is unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(
+            f"{path} is not a readable reference ({error}); delete it and rerun "
+            f"`neqgen reference` for this system and protocol"
+        ) from error
 
 
 def exact_masses_on_bins(reference: dict, frame: int, bins: int) -> np.ndarray | None:

@@ -144,7 +144,11 @@ def format_table(system: str, summary: dict[str, dict]) -> str:
             if name not in ("equilibrium", "comparisons")
         }
         replicas = max(int(metrics.get("n_replicas", 1)) for metrics in models.values())
-        lines += [f"## {protocol}", "", f"Mean ± standard deviation over {replicas} replicas.", ""]
+        if replicas > 1:
+            spread = f"Mean ± standard deviation over {replicas} replicas."
+        else:
+            spread = "One replica, so no spread."
+        lines += [f"## {protocol}", "", spread, ""]
         lines += _markdown_table(protocol, models, ACCURACY_KEYS)
         lines += _markdown_table(protocol, models, ENTROPY_KEYS)
         if "equilibrium" in entries:
@@ -152,7 +156,8 @@ def format_table(system: str, summary: dict[str, dict]) -> str:
             lines.append(
                 f"- Distance from equilibrium (JS of the exact density from the instantaneous "
                 f"Boltzmann density): mean {distance['js_from_boltzmann_mean']:.4g}, "
-                f"t <= early_until {distance['js_from_boltzmann_early_mean']:.4g}, final "
+                f"early (t <= evaluation.early_until) "
+                f"{distance['js_from_boltzmann_early_mean']:.4g}, final "
                 f"{distance['js_from_boltzmann_final']:.4g} nats; KL mean "
                 f"{distance['kl_from_boltzmann_mean']:.4g} nats."
                 + (
@@ -258,6 +263,11 @@ def run_report(cfg: DictConfig) -> dict:
     replicas = [int(replica) for replica in pipeline.get("replicas", [0])]
     if not replicas:
         raise ValueError("pipeline.replicas is empty; list at least one replica, e.g. [0]")
+    if len(set(replicas)) != len(replicas):
+        raise ValueError(
+            f"pipeline.replicas={replicas} lists a replica twice, which would fake the "
+            f"spread; list each replica once"
+        )
     system = build_system(cfg.system)
     summary: dict[str, dict] = {}
     figures: dict[str, plt.Figure] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -203,6 +204,14 @@ def _fit(cfg, model, datamodule, logger, output: Path, final_path: Path, callbac
         )
         trainer.fit(model, datamodule=datamodule)
         best_path = Path(checkpoint.best_model_path)
+        score = checkpoint.best_model_score
+        if score is None or not math.isfinite(float(score)):
+            # Keep the checkpoint of an earlier good run rather than replace it.
+            raise RuntimeError(
+                f"training of {cfg.model.name} diverged (best val/loss {score}); "
+                f"{final_path} was left unchanged. Lower model.learning_rate "
+                f"(now {cfg.model.get('learning_rate')}) or check the data settings"
+            )
         if not best_path.is_file():
             raise RuntimeError(
                 f"training produced no checkpoint in {checkpoints}; check that "

@@ -38,6 +38,13 @@ def split_particles(
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def check_positive_sizes(**sizes: int) -> None:
+    """Raise ValueError naming the first data.<size> that is not a positive integer."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"data.{name} must be a positive integer, got {value!r}")
+
+
 class FrameDataset(Dataset):
     """Items are (positions, time) of one frame: (particles_per_frame, dim) and a scalar.
 
@@ -100,6 +107,11 @@ class EnsembleDataModule(pl.LightningDataModule):
         super().__init__()
         if not 0 < val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        check_positive_sizes(
+            frames_per_batch=frames_per_batch,
+            particles_per_frame=particles_per_frame,
+            repeats_per_epoch=repeats_per_epoch,
+        )
         self.path = path
         self.frames_per_batch = frames_per_batch
         self.particles_per_frame = particles_per_frame

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from neqgen.data.datamodule import split_particles
+from neqgen.data.datamodule import check_positive_sizes, split_particles
 from neqgen.data.dataset import Ensemble, load_ensemble
 
 
@@ -111,6 +111,11 @@ class PathDataModule(pl.LightningDataModule):
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         if window < 1:
             raise ValueError(f"window must be at least 1 frame-to-frame step, got {window}")
+        check_positive_sizes(
+            frames_per_batch=frames_per_batch,
+            particles_per_frame=particles_per_frame,
+            repeats_per_epoch=repeats_per_epoch,
+        )
         if windows_per_batch is None:
             windows_per_batch = max(1, frames_per_batch // (window + 1))
         if particles_per_window is None:
