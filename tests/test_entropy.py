@@ -50,7 +50,7 @@ def test_knn_entropy_rejects_too_few_points():
         knn_entropy(np.zeros((3, 2)))
 
 
-def test_first_law_on_the_exact_density_matches_the_flux_formula():
+def test_exact_first_law_matches_flux_rate():
     # Two exact routes from the same Fokker-Planck solution: dS/dt + beta d<Q>/dt from
     # the cell masses, and the integral of J^2 / (D p) from the fluxes.
     system = Harmonic(k=STIFFNESS, velocity=[VELOCITY], beta=BETA, domain=[[-2.0, 5.0]])

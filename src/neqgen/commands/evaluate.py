@@ -83,10 +83,10 @@ def _exact_masses(cfg: DictConfig, frames: np.ndarray) -> list[np.ndarray] | Non
 def _entropy_production(cfg, system, samples, times, frames, paths: bool, name: str) -> dict:
     """Estimate the entropy production of samples at the evaluated frames; compare with exact.
 
-    Writes the per-interval rates to ``<name>_entropy.csv`` and returns the summary: the
-    entropy produced up to evaluation.early_until and the mean rate after it, from the
-    first law on the marginals, from the heat along the paths when ``paths`` (the same
-    particle in every column), and from the exact density when its reference exists.
+    Writes the per-interval rates to ``<name>_entropy.csv`` and returns the summary. It
+    contains the entropy produced up to evaluation.early_until and the mean rate after it,
+    from the first law on the marginals. With ``paths`` (the same particle in every column)
+    it adds the heat-along-paths estimate, and with a reference the exact values.
     """
     split = float(cfg.evaluation.early_until)
     thermodynamics = sample_thermodynamics(samples, times, system)

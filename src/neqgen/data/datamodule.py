@@ -17,8 +17,8 @@ def split_particles(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split particle indices into sorted training and validation sets of whole trajectories.
 
-    The split is a permutation drawn with ``numpy.random.default_rng(seed)`` whose first
-    round(val_fraction * n) entries (at least one) are the validation particles; the frame
+    The split is a permutation drawn with ``numpy.random.default_rng(seed)``. Its first
+    round(val_fraction * n) entries (at least one) are the validation particles. The frame
     and the path datamodules share it, so one seed holds out the same particles in both.
 
     Raises

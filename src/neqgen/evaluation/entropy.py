@@ -18,9 +18,9 @@ Two estimators of the heat follow:
   ensemble per frame, so it also applies to models that generate snapshots.
 
 S is estimated per frame with the Kozachenko-Leonenko nearest-neighbour estimator. All
-rates are averages over the interval between consecutive frames, reported at its midpoint;
-recorded frames far apart blur fast transients, and the path estimator's midpoint rule is
-biased when a particle moves across a well in one interval.
+rates are averages over the interval between consecutive frames, reported at its midpoint.
+Frames far apart blur fast transients and alias periodic driving. The path estimator's
+midpoint rule is also biased when a particle crosses an anharmonic well in one interval.
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def grid_thermodynamics(
 ) -> dict[str, np.ndarray]:
     """Return the same per-frame quantities for an exact density given as cell masses.
 
-    ``masses`` has shape (frames, *cells) on the grid with the given cell ``edges``; the
-    entropy is that of the piecewise-constant density, which converges to the continuous
+    ``masses`` has shape (frames, *cells) on the grid with the given cell ``edges``. The
+    entropy is that of the piecewise-constant density, so it converges to the continuous
     entropy as the cells shrink.
     """
     masses = np.asarray(masses, dtype=np.float64)
@@ -170,8 +170,8 @@ def entropy_production(
 def window_summary(rates: dict[str, np.ndarray], split: float) -> dict[str, float]:
     """Return the entropy produced up to ``split`` and the mean rate after it.
 
-    The early total is robust where the rate varies fast (a relaxing start); the late mean
-    rate averages the frame-to-frame noise of the entropy estimate over a long window.
+    The early total stays accurate where the rate varies fast (a relaxing start). The late
+    mean rate averages the frame-to-frame noise of the entropy estimate over a long window.
     """
     ends = rates["time"] + rates["duration"] / 2
     produced = rates["epr"] * rates["duration"]

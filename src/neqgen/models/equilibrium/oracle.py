@@ -40,7 +40,7 @@ class BoltzmannOracle(GenerativeModel):
     finer than one cell is lost. Choose ``grid`` so that a cell is much narrower than a
     well.
 
-    The model has no trainable parameters: ``trainable = False`` tells the train command
+    The model has no trainable parameters: ``trainable = False`` makes the train command
     to save it without fitting. :meth:`loss` returns the negative log-likelihood of the
     data under the Boltzmann density (no gradient), so that validation still logs a
     number comparable with the grid-normalised energy model.

@@ -224,9 +224,9 @@ class StationaryEnergy(GenerativeModel):
     ) -> torch.Tensor:
         """Draw n_samples of the stationary density once and return them at every time.
 
-        The density does not depend on t, so one set of chains serves all times; the
-        frames then share their samples, which leaves every per-frame score unchanged in
-        law and costs one frame's chains instead of one per time.
+        The density does not depend on t, so one set of chains serves all times. The frames
+        then share their samples. Every per-frame score keeps its distribution, and the
+        cost is one frame's chains instead of one set per time.
         """
         times = self.check_times(times)
         first = super().sample(times[:1], n_samples, generator, batch_size, progress)

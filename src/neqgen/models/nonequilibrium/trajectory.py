@@ -165,11 +165,7 @@ class TrajectoryModel(GenerativeModel):
         times = torch.as_tensor(times, dtype=torch.float64).reshape(-1).cpu()
         if len(times) == 0:
             raise ValueError("sample times must not be empty")
-        if ((times < 0) | (times > self.horizon * (1 + 1e-6))).any():
-            raise ValueError(
-                f"sample times must lie in [0, {self.horizon}] (the training horizon), "
-                f"got min {float(times.min())}, max {float(times.max())}"
-            )
+        self.check_times(times)
         return times.clamp(max=self.horizon)
 
     @torch.no_grad()
