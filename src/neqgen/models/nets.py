@@ -90,17 +90,27 @@ class ConditionedMLP(nn.Module):
     """An MLP on (x, c) whose first layer is W_x x + W_c c, with c broadcast against x.
 
     Projecting the condition c separately lets one condition (say, one time) serve a whole
-    grid of points without being copied to every point first.
+    grid of points without being copied to every point first. An optional ``features``
+    module (for example :class:`FourierPosition`) maps x before the first layer.
     """
 
     def __init__(
-        self, in_features: int, condition_features: int, hidden: int, n_layers: int, out: int
+        self,
+        in_features: int,
+        condition_features: int,
+        hidden: int,
+        n_layers: int,
+        out: int,
+        features: nn.Module | None = None,
     ):
         super().__init__()
         if n_layers < 1 or hidden < 1:
             raise ValueError(
                 f"model.hidden and model.n_layers must be positive, got {hidden} and {n_layers}"
             )
+        self.features = features if features is not None else nn.Identity()
+        if features is not None:
+            in_features = features.out_features
         self.input = nn.Linear(in_features, hidden)
         self.condition = nn.Linear(condition_features, hidden, bias=False)
         self.body = (
@@ -108,5 +118,5 @@ class ConditionedMLP(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        hidden = nn.functional.silu(self.input(x) + self.condition(condition))
+        hidden = nn.functional.silu(self.input(self.features(x)) + self.condition(condition))
         return self.body(hidden)

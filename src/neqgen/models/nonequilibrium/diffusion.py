@@ -7,7 +7,7 @@ import math
 import torch
 
 from neqgen.models.base import GenerativeModel
-from neqgen.models.nets import ConditionedMLP, FourierTime, SinusoidalEmbedding
+from neqgen.models.nets import ConditionedMLP, FourierPosition, FourierTime, SinusoidalEmbedding
 
 
 def cosine_alpha_bar(n_steps: int, offset: float = 0.008) -> torch.Tensor:
@@ -51,6 +51,10 @@ class TimeConditionedDiffusion(GenerativeModel):
         Number S of noising steps (cosine schedule).
     data_scale:
         Length by which positions are divided before noising (about the data's spread).
+    n_space_frequencies, space_frequency_scale:
+        Random Fourier features of the scaled (noisy) positions, with frequencies of
+        spread ``space_frequency_scale`` cycles per ``data_scale``; 0 feeds the plain
+        positions. They let the network resolve angular structure such as five wells.
     """
 
     family = "nonequilibrium"
@@ -66,6 +70,8 @@ class TimeConditionedDiffusion(GenerativeModel):
         n_time_frequencies: int = 32,
         n_diffusion_steps: int = 100,
         data_scale: float = 0.5,
+        n_space_frequencies: int = 0,
+        space_frequency_scale: float = 1.0,
     ):
         super().__init__(dim, horizon, domain, learning_rate)
         if n_diffusion_steps < 2:
@@ -80,7 +86,10 @@ class TimeConditionedDiffusion(GenerativeModel):
         self.time_embedding = FourierTime(horizon, n_time_frequencies)
         self.step_embedding = SinusoidalEmbedding(32)
         condition_features = self.time_embedding.out_features + self.step_embedding.out_features
-        self.net = ConditionedMLP(dim, condition_features, hidden, n_layers, dim)
+        position_features = FourierPosition(dim, n_space_frequencies, space_frequency_scale)
+        self.net = ConditionedMLP(
+            dim, condition_features, hidden, n_layers, dim, features=position_features
+        )
         self.register_buffer("alpha_bar", cosine_alpha_bar(n_diffusion_steps).float())
         bounds = torch.tensor(self.domain, dtype=torch.float32)
         margin = (bounds[:, 1] - bounds[:, 0]) / 2

@@ -6,7 +6,7 @@ import torch
 import torchsde
 
 from neqgen.models.base import GenerativeModel
-from neqgen.models.nets import ConditionedMLP, FourierTime, SinusoidalEmbedding
+from neqgen.models.nets import ConditionedMLP, FourierPosition, FourierTime, SinusoidalEmbedding
 from neqgen.models.nonequilibrium.flow_matching import check_ode_method, odeint_fixed_step
 
 SAMPLERS = ("sde", "ode")
@@ -92,6 +92,10 @@ class TimeConditionedScoreSDE(GenerativeModel):
     data_scale:
         Length (units of x) by which positions are divided after subtracting the domain
         centre.
+    n_space_frequencies, space_frequency_scale:
+        Random Fourier features of the scaled (noisy) positions, with frequencies of
+        spread ``space_frequency_scale`` cycles per ``data_scale``; 0 feeds the plain
+        positions. They let the network resolve angular structure such as five wells.
     """
 
     family = "nonequilibrium"
@@ -113,6 +117,8 @@ class TimeConditionedScoreSDE(GenerativeModel):
         sde_method: str = "euler",
         ode_method: str = "rk4",
         data_scale: float = 0.5,
+        n_space_frequencies: int = 0,
+        space_frequency_scale: float = 1.0,
     ):
         super().__init__(dim, horizon, domain, learning_rate)
         if not 0 < beta_min < beta_max:
@@ -153,7 +159,10 @@ class TimeConditionedScoreSDE(GenerativeModel):
         condition_features = (
             self.time_embedding.out_features + self.diffusion_time_embedding.out_features
         )
-        self.net = ConditionedMLP(dim, condition_features, hidden, n_layers, dim)
+        position_features = FourierPosition(dim, n_space_frequencies, space_frequency_scale)
+        self.net = ConditionedMLP(
+            dim, condition_features, hidden, n_layers, dim, features=position_features
+        )
         bounds = torch.tensor(self.domain, dtype=torch.float32)
         self.register_buffer("center", bounds.mean(1))
 

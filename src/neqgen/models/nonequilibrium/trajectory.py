@@ -104,7 +104,12 @@ class TrajectoryModel(GenerativeModel):
             )
 
     def draw_initial(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        """Draw n starting positions from the bank with replacement, shape (n, dim).
+        """Draw n starting positions from the bank, shape (n, dim).
+
+        Positions are drawn without replacement while the bank lasts (then from a new
+        permutation), so that n up to the bank size gives n distinct starts: repeated
+        starts of a deterministic drift would make coincident points, whose
+        nearest-neighbour entropy is minus infinity.
 
         Raises
         ------
@@ -117,8 +122,15 @@ class TrajectoryModel(GenerativeModel):
                 f"{type(self).__name__} has an empty initial bank; train it with a "
                 f"PathDataModule or call set_initial_bank(first_frame) before sampling"
             )
-        index = torch.randint(count, (n,), device=self.device, generator=generator)
-        return self.initial_bank[index]
+        generator_device = generator.device if generator is not None else "cpu"
+        rounds = -(-n // count)
+        index = torch.cat(
+            [
+                torch.randperm(count, generator=generator, device=generator_device)
+                for _ in range(rounds)
+            ]
+        )[:n]
+        return self.initial_bank[index.to(self.device)]
 
     @contextlib.contextmanager
     def loss_randomness(self):
