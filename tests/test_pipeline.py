@@ -4,76 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from neqgen.data.dataset import load_ensemble
 
-from .conftest import REPO_ROOT
-
-# One protocol keeps the end-to-end run near five minutes on two cores; the report code
-# loops over protocols the same way for one or several.
-PROTOCOLS = ("one_well",)
-REPLICAS = (0, 1)
-SYSTEMS = ("five_well", "prinz_quench")
-# Every model of the default pipeline runs in the test too.
-MODELS = tuple(
-    yaml.safe_load((REPO_ROOT / "conf" / "pipeline" / "default.yaml").read_text())["models"]
-)
-
-
-def run(command: list[str], cwd: Path, env: dict[str, str]) -> str:
-    result = subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=2400
-    )
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-@pytest.fixture(scope="module")
-def pipeline_repo(tmp_path_factory):
-    """A git + DVC repository with the project's pipeline, reproduced at tiny sizes."""
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    repo.mkdir()
-    for name in ("conf", "src"):
-        shutil.copytree(
-            REPO_ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__")
-        )
-    shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
-    # Tiny sizes, a 2D and a 1D system, one protocol and two replicas so that spreads exist.
-    pipeline = repo / "conf" / "pipeline" / "default.yaml"
-    settings = yaml.safe_load(pipeline.read_text())
-    settings.update(
-        experiment="tiny",
-        systems=list(SYSTEMS),
-        protocols=list(PROTOCOLS),
-        replicas=list(REPLICAS),
-    )
-    pipeline.write_text(yaml.safe_dump(settings))
-
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env.pop("NEQGEN_CONFIG_DIR", None)
-    env.update(
-        GIT_AUTHOR_NAME="neqgen test",
-        GIT_AUTHOR_EMAIL="test@neqgen.invalid",
-        GIT_COMMITTER_NAME="neqgen test",
-        GIT_COMMITTER_EMAIL="test@neqgen.invalid",
-    )
-    run(["git", "init", "-q"], repo, env)
-    run(["dvc", "init", "-q"], repo, env)
-    run(["dvc", "config", "core.analytics", "false"], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "pipeline"], repo, env)
-    run(["dvc", "repro"], repo, env)
-    return repo, env
+from .conftest import MODELS, PROTOCOLS, REPLICAS, SYSTEMS, run
 
 
 @pytest.mark.slow
