@@ -30,6 +30,10 @@ SYSTEMS = ("five_well", "prinz_quench")
 MODELS = tuple(
     yaml.safe_load((REPO_ROOT / "conf" / "pipeline" / "default.yaml").read_text())["models"]
 )
+# NEQGEN_TEST_MODELS=oracle,diffusion limits the tiny pipeline to a few models while
+# developing; CI and `make test` run every model.
+if os.environ.get("NEQGEN_TEST_MODELS"):
+    MODELS = tuple(os.environ["NEQGEN_TEST_MODELS"].split(","))
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str]) -> str:
@@ -62,6 +66,7 @@ def pipeline_repo(tmp_path_factory):
         systems=list(SYSTEMS),
         protocols=list(PROTOCOLS),
         replicas=list(REPLICAS),
+        models=list(MODELS),
     )
     pipeline.write_text(yaml.safe_dump(settings))
 
