@@ -174,7 +174,7 @@ def test_tuned_config_retrains(finished_study, workspace, tmp_path):
 
     record = run_training(cfg)
 
-    assert cfg.model.name == "tuned-record"
+    assert cfg.model.name == "diffusion-tuned-record"
     assert Path(record["checkpoint"]).is_file()
     # experiment=tiny sets hidden and n_layers after the model file; the other values hold.
     assert cfg.model.learning_rate == pytest.approx(best["learning_rate"])

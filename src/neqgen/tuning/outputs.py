@@ -35,7 +35,11 @@ def tuned_model_yaml(
     model = to_container(cfg.model)
     model.update(best.params)
     base_name = model["name"]
-    model["name"] = f"tuned-{settings.study_name}"
+    # Run names already carry the system and protocol, so a study with the default name
+    # (<model>-<system>-<protocol>) gives the short name <model>-tuned.
+    default_study = f"{base_name}-{cfg.system.name}-{cfg.protocol.name}"
+    suffix = "" if settings.study_name == default_study else f"-{settings.study_name}"
+    model["name"] = f"{base_name}-tuned{suffix}"
     values = ", ".join(f"{value:.6g}" for value in best.values)
     header = [
         f"# {base_name} tuned by `neqgen tune`: trial {best.number} of study "
