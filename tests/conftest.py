@@ -58,6 +58,10 @@ def pipeline_repo(tmp_path_factory):
             REPO_ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__")
         )
     shutil.copy(REPO_ROOT / "dvc.yaml", repo / "dvc.yaml")
+    # Keep the MLflow store out of git as in the project, so that committing the pipeline's
+    # outputs or running `dvc exp run` in a clone leaves it alone.
+    (repo / "mlruns").mkdir()
+    shutil.copy(REPO_ROOT / "mlruns" / ".gitignore", repo / "mlruns" / ".gitignore")
     # Tiny sizes, a 2D and a 1D system, one protocol and two replicas so that spreads exist.
     pipeline = repo / "conf" / "pipeline" / "default.yaml"
     settings = yaml.safe_load(pipeline.read_text())

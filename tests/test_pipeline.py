@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -104,6 +105,53 @@ def test_pipeline_runs_are_tracked_in_mlflow(pipeline_repo):
         parent = evaluation.data.tags["mlflow.parentRunId"]
         assert len(series) == 6, "experiment=tiny scores 6 frames"
         assert parent in {run.info.run_id for run in training}
+
+
+@pytest.mark.slow
+def test_pipeline_training_runs_carry_figures_and_summary(pipeline_repo, tmp_path):
+    repo, _ = pipeline_repo
+    client = MlflowClient(f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    always = {
+        "figures/density_snapshots.png",
+        "figures/metrics_over_time.png",
+        "figures/marginal_animation.gif",
+        "figures/snapshots.png",
+    }
+    for system in SYSTEMS:
+        experiment = client.get_experiment_by_name(system)
+        runs = client.search_runs([experiment.experiment_id])
+        training = [
+            run for run in runs if "model" in run.data.tags and "kind" not in run.data.tags
+        ]
+        evaluations = [run for run in runs if run.data.tags.get("kind") == "evaluation"]
+        assert training, system
+        for run_info in training:
+            run_id, tags = run_info.info.run_id, run_info.data.tags
+            model = tags["model"]
+            figures = {a.path for a in client.list_artifacts(run_id, "figures")}
+            expected = set(always)
+            if model in ("energy", "stationary_energy"):
+                expected.add("figures/energy_vs_potential.png")
+            if model in ("neural_sde", "bridge"):
+                expected.add("figures/sample_paths.png")
+            page = client.download_artifacts(run_id, "summary.md", str(tmp_path / run_id))
+            text = Path(page).read_text()
+
+            assert expected <= figures, f"{system}/{model}: {sorted(expected - figures)}"
+            assert run_info.info.run_name in text, f"{system}/{model}"
+            assert tags["dataset_hash"] in text, f"{system}/{model}"
+            for metric in ("jsd_exact_mean", "jsd_mean", "w1_mean"):
+                assert f"| {metric} | " in text, f"{system}/{model} {metric}"
+            assert "n/a | n/a |" not in text, f"{system}/{model}: noise floor missing"
+            for figure in expected:
+                assert f"]({figure})" in text, f"{system}/{model} {figure}"
+        for evaluation in evaluations:
+            tags = evaluation.data.tags
+            name = evaluation.info.run_name
+            assert name.startswith(f"{tags['model']}-{system}-{tags['protocol']}-r"), name
+            assert name.endswith("-evaluation"), name
+            for key in ("family", "replica", "dataset_hash", "dataset_path"):
+                assert key in tags, f"{name} lacks tag {key}"
 
 
 @pytest.mark.slow

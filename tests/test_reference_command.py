@@ -42,3 +42,17 @@ def test_reference_scores_noise_floor_against_exact_density(tmp_path):
     assert floor["kl_exact_mean"] >= 0
     # The ensemble relaxes from one well: the exact entropy produced is positive.
     assert floor["entropy_early_exact"] > 0
+
+
+def test_reference_archive_is_byte_reproducible(tmp_path):
+    """Rerunning the stage gives the same bytes, so DVC sees the same hash."""
+    common = ["--config-dir", str(CONFIG_DIR)]
+    overrides = ["experiment=tiny", "system=prinz_tilt", f"paths.data={tmp_path / 'data'}"]
+    overrides.append(f"paths.plots={tmp_path / 'plots'}")
+    path = tmp_path / "data" / "prinz_tilt" / "uniform" / "reference.npz"
+
+    assert main([*common, "reference", *overrides]) == 0
+    first = path.read_bytes()
+    assert main([*common, "reference", *overrides]) == 0
+
+    assert path.read_bytes() == first

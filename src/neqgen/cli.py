@@ -61,6 +61,11 @@ COMMANDS = {
         "model listed in conf/pipeline/ into <paths.metrics>/summary/<system>.{json,md} "
         "with spreads over replicas, and comparison figures, logged as an MLflow run."
     ),
+    "data": (
+        "Inspect the datasets of the workspace. `neqgen data list [--json] [overrides]` "
+        "shows every ensemble and reference under <paths.data> with its sizes, seed, DVC "
+        "md5, content hash and whether the default DVC remote has it."
+    ),
     "ui": (
         "Start the MLflow UI on the project's store (<paths.mlruns>/mlflow.db), bound to "
         "ui.host (127.0.0.1 by default) and ui.port."
@@ -83,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, description in COMMANDS.items():
         summary = description.split(". ")[0].split("; ")[0].rstrip(".") + "."
         sub = subcommands.add_parser(name, help=summary, description=description)
+        if name == "data":
+            actions = sub.add_subparsers(dest="data_action", required=True, metavar="ACTION")
+            sub = actions.add_parser(
+                "list",
+                help="list every dataset with its sizes, hashes and remote status",
+                description=description,
+            )
+            sub.add_argument(
+                "--json", action="store_true", help="print the listing as JSON instead of a table"
+            )
         sub.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
         sub.add_argument(
             "-v",
@@ -198,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
             from neqgen.commands.report import run_report
 
             run_report(cfg)
+        elif args.command == "data":
+            from neqgen.commands.data import run_data_list
+
+            print(run_data_list(cfg, as_json=args.json))
         elif args.command == "ui":
             return serve_ui(cfg, dry_run=args.dry_run)
     except InstantiationException as error:

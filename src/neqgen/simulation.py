@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +106,8 @@ def simulate(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
-) -> torch.Tensor:
+    record: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor | None:
     """Integrate the whole ensemble as one batch and record it at ``times``.
 
     The internal step is the largest step not above ``dt`` that divides the frame spacing,
@@ -121,14 +122,20 @@ def simulate(
     times:
         Increasing recording times, shape (n_frames,); times[0] is the start time.
 
-    Returns
-    -------
-    torch.Tensor
-        Positions of shape (n_frames, n_particles, dim) on the CPU.
-
     escape_radius:
         Distance from the origin beyond which a particle counts as blown up; None means
         three times the largest coordinate bound of ``system.domain``.
+    record:
+        Called with each new block of frames, shape (k, n_particles, dim) on the CPU, in
+        order: first the start frame, then every chunk's frames. A caller that writes the
+        blocks to disk (see :class:`neqgen.data.dataset.EnsembleWriter`) never holds the
+        whole ensemble in memory. None collects the frames into the returned tensor.
+
+    Returns
+    -------
+    torch.Tensor or None
+        Positions of shape (n_frames, n_particles, dim) on the CPU, or None when
+        ``record`` is given.
 
     Raises
     ------
@@ -168,7 +175,18 @@ def simulate(
 
     n_frames = len(times)
     bounds = torch.linspace(0, n_frames - 1, min(n_chunks, n_frames - 1) + 1).round().long()
-    frames = [state.cpu()[None]]
+    positions = None
+    if record is None:
+        # Filled chunk by chunk: concatenating a list of chunks would need a second copy.
+        positions = torch.empty((n_frames, *state.shape), dtype=dtype)
+        filled = 0
+
+        def record(frames: torch.Tensor) -> None:
+            nonlocal filled
+            positions[filled : filled + len(frames)] = frames
+            filled += len(frames)
+
+    record(state.cpu()[None])
     threads = torch.get_num_threads()
     if device.type == "cpu":
         # Each step is a few small element-wise kernels, for which torch's extra intra-op
@@ -186,11 +204,13 @@ def simulate(
             chunk_times = ts[first : last + 1]
             path = torchsde.sdeint(sde, state, chunk_times, bm=brownian, dt=step, method=method)
             _check_finite(path, chunk_times, escape_radius, step)
-            frames.append(path[1:].cpu())
-            state = path[-1]
+            record(path[1:].cpu())
+            # A clone, so the chunk's path is freed before the next chunk allocates its own.
+            state = path[-1].clone()
+            del path
             bar.update(float(times[last] - times[first]))
 
-    return torch.cat(frames)
+    return positions
 
 
 @contextlib.contextmanager

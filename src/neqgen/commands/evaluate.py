@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -39,22 +41,65 @@ from neqgen.evaluation.entropy import (
     sample_thermodynamics,
     window_summary,
 )
-from neqgen.evaluation.figures import plot_metrics_over_time, plot_snapshots
+from neqgen.evaluation.figures import plot_snapshots
 from neqgen.evaluation.frames import (
     evaluation_frames,
     score_frames,
     summarize,
     write_frame_table,
 )
+from neqgen.evaluation.run_figures import (
+    DensityGrid,
+    domain_edges,
+    plot_density_snapshots,
+    plot_energy_comparison,
+    plot_metrics_against_time,
+    plot_sample_paths,
+    render_summary,
+    write_marginal_animation,
+)
 from neqgen.tracking import ensure_experiment, tracking_uri
 
 log = logging.getLogger(__name__)
 
 NOISE_FLOOR = "noise_floor"
+# Histogram cells a dimension of the generated densities in the run's figures.
+FIGURE_BINS = {1: 60, 2: 40}
+# Paths drawn in the sample-path figure of trajectory models, and their time points.
+FIGURE_PATHS = 8
+FIGURE_PATH_TIMES = 101
+
+
+@dataclass(frozen=True)
+class ScoredFrames:
+    """A model's samples and scores at the evaluated frames, as the run's figures need them.
+
+    Attributes
+    ----------
+    times:
+        Physical times of the evaluated frames, shape (n_frames,).
+    frames:
+        Positions of the evaluated frames in the held-out ensemble and the reference.
+    snapshots:
+        Positions in ``times`` of the snapshot figures' columns.
+    samples:
+        Generated samples, shape (n_frames, n_samples, dim).
+    scores:
+        Per-frame metrics, each of shape (n_frames,).
+    summary:
+        Time-averaged metrics, as in metrics/<system>/<protocol>/r<k>/<model>.json.
+    """
+
+    times: np.ndarray
+    frames: np.ndarray
+    snapshots: np.ndarray
+    samples: np.ndarray
+    scores: dict[str, np.ndarray]
+    summary: dict[str, float]
 
 
 def _run_tags(run) -> dict[str, str]:
-    keys = ("model", "family", "system", "protocol", "replica", "dataset_hash")
+    keys = ("model", "family", "system", "protocol", "replica", "dataset_hash", "dataset_path")
     return {key: run.data.tags[key] for key in keys if key in run.data.tags}
 
 
@@ -273,18 +318,31 @@ def run_evaluation(cfg: DictConfig) -> dict[str, float]:
     entropy = _entropy_production(cfg, system, samples, times, frames, paths, cfg.model.name)
     summary = _write_outputs(cfg, cfg.model.name, times, scores, samples, snapshots, entropy)
     _log_to_run(
-        cfg, system, record["run_id"], times, scores, summary, samples, heldout, frames, snapshots
+        cfg,
+        system,
+        model,
+        record["run_id"],
+        times,
+        scores,
+        summary,
+        samples,
+        heldout,
+        frames,
+        snapshots,
     )
     log.info("Evaluated %s: %s", record["run_name"], summary)
     return summary
 
 
-def _log_to_run(cfg, system, run_id, times, scores, summary, samples, heldout, frames, snapshots):
-    """Log summary metrics and figures into the training run, per-frame series into a child.
+def _log_to_run(
+    cfg, system, model, run_id, times, scores, summary, samples, heldout, frames, snapshots
+):
+    """Log summary metrics, figures and summary.md into the training run, series into a child.
 
     MLflow keeps every logged value of a metric, so evaluating a model twice would repeat
     its per-frame series in one history. Each evaluation therefore gets its own nested run
-    for the series, while the training run keeps the latest summary values.
+    for the series, while the training run keeps the latest summary values, figures and
+    summary page (a new evaluation overwrites them).
     """
     experiment_id = ensure_experiment(cfg)
     client = MlflowClient(tracking_uri(cfg))
@@ -323,15 +381,15 @@ def _log_to_run(cfg, system, run_id, times, scores, summary, samples, heldout, f
     )
     client.set_terminated(child.info.run_id)
 
-    curves = {cfg.model.name: {"time": times, **scores}}
     floor_table = plots_dir(cfg) / f"{NOISE_FLOOR}.csv"
+    floor = None
     if floor_table.is_file():
-        floor = np.genfromtxt(floor_table, delimiter=",", names=True)
-        curves["noise floor"] = {name: floor[name] for name in floor.dtype.names}
+        table = np.genfromtxt(floor_table, delimiter=",", names=True)
+        floor = {name: table[name] for name in table.dtype.names}
     title = f"{cfg.model.name} on {cfg.system.name}/{cfg.protocol.name}"
-    figures = {
-        "metrics_over_time.png": plot_metrics_over_time(curves, title),
-        "snapshots.png": plot_snapshots(
+    client.log_figure(
+        run_id,
+        plot_snapshots(
             {
                 "held-out truth": heldout.positions[frames][snapshots],
                 cfg.model.name: samples[snapshots],
@@ -340,10 +398,152 @@ def _log_to_run(cfg, system, run_id, times, scores, summary, samples, heldout, f
             system.domain,
             title=title,
         ),
+        "figures/snapshots.png",
+        save_kwargs={"dpi": 110},
+    )
+    plt.close("all")
+    client.log_artifact(run_id, str(plots_dir(cfg) / f"{cfg.model.name}.csv"), "metrics")
+
+    started = time.perf_counter()
+    scored = ScoredFrames(times, frames, snapshots, samples, scores, summary)
+    figures = _log_run_figures(cfg, client, run_id, system, model, scored, heldout, floor, title)
+    page = _summary_page(cfg, parent, child.info.run_id, scored, figures)
+    client.log_text(run_id, page, "summary.md")
+    log.info(
+        "Logged %d figures and summary.md to MLflow run %s in %.1f s",
+        len(figures),
+        parent.info.run_name,
+        time.perf_counter() - started,
+    )
+
+
+def _true_density(cfg, system, heldout, frames) -> tuple[DensityGrid, str]:
+    """Return the exact density at the frames if the reference is solved, else held-out's."""
+    path = reference_path(cfg)
+    if path.is_file():
+        archive = load_reference_archive(path)
+        edges = [archive[f"edges_{axis}"] for axis in range(system.dim)]
+        return DensityGrid.from_masses(archive["masses"][frames], edges), "exact (Fokker-Planck)"
+    edges = domain_edges(system.domain, FIGURE_BINS[system.dim])
+    positions = np.asarray(heldout.positions[frames])
+    return DensityGrid.from_samples(positions, edges), "held-out ensemble"
+
+
+def _energy_function(model):
+    """Return E(positions, time) in numpy for a model with an ``energy`` method, else None.
+
+    Energy models define p = exp(-E) / Z, so E is in units of k_B T. A stationary energy
+    takes no time and returns the same E at every time.
+    """
+    energy = getattr(model, "energy", None)
+    if not callable(energy):
+        return None
+    takes_time = len(inspect.signature(energy).parameters) > 1
+
+    def evaluate(positions: np.ndarray, time_point: float) -> np.ndarray:
+        x = torch.as_tensor(positions, dtype=torch.float32, device=model.device)
+        with torch.no_grad():
+            if takes_time:
+                values = energy(x, torch.full((len(x),), time_point, device=model.device))
+            else:
+                values = energy(x)
+        return values.cpu().numpy()
+
+    return evaluate
+
+
+def _log_run_figures(
+    cfg, client, run_id, system, model, scored: ScoredFrames, heldout, floor, title: str
+) -> dict[str, str]:
+    """Log the figures under figures/ of the training run and return their captions by path.
+
+    ``floor`` is the noise floor's per-frame table (a ``time`` column and one a metric)
+    or None. Energy models add the learned energy, trajectory models sampled paths.
+    """
+    label = cfg.model.name
+    times, frames, snapshots = scored.times, scored.frames, scored.snapshots
+    samples, scores = scored.samples, scored.scores
+    true, true_label = _true_density(cfg, system, heldout, frames)
+    bins = FIGURE_BINS[system.dim]
+    figures = {
+        "figures/density_snapshots.png": (
+            "potential, true and generated density at the snapshot times",
+            lambda: plot_density_snapshots(
+                system,
+                times[snapshots],
+                samples[snapshots],
+                true.frames(snapshots),
+                generated_label=label,
+                true_label=true_label,
+                bins=bins,
+                title=title,
+            ),
+        ),
+        "figures/metrics_over_time.png": (
+            "per-frame metrics against time, with the noise floor",
+            lambda: plot_metrics_against_time(times, scores, floor, label, title),
+        ),
     }
+    energy = _energy_function(model)
+    if energy is not None:
+        model.eval()
+        figures["figures/energy_vs_potential.png"] = (
+            "learned energy next to the true potential",
+            lambda: plot_energy_comparison(
+                system, times[snapshots], energy, f"learned E ({label})", title=title
+            ),
+        )
+    if callable(getattr(model, "sample_paths", None)):
+        figures["figures/sample_paths.png"] = (
+            f"{FIGURE_PATHS} sampled paths over the potential",
+            lambda: plot_sample_paths(system, *_sample_paths(cfg, model, times), title=title),
+        )
+
+    captions = {}
+    for artifact, (caption, build) in figures.items():
+        client.log_figure(run_id, build(), artifact, save_kwargs={"dpi": 100})
+        plt.close("all")
+        captions[artifact] = caption
     with tempfile.TemporaryDirectory() as scratch:
-        for filename, figure in figures.items():
-            figure.savefig(Path(scratch) / filename, dpi=110)
-            plt.close(figure)
-            client.log_artifact(run_id, str(Path(scratch) / filename), artifact_path="figures")
-        client.log_artifact(run_id, str(plots_dir(cfg) / f"{cfg.model.name}.csv"), "metrics")
+        animation = Path(scratch) / "marginal_animation.gif"
+        write_marginal_animation(
+            animation, system, times, samples, true, label, true_label, bins=bins
+        )
+        client.log_artifact(run_id, str(animation), artifact_path="figures")
+    captions["figures/marginal_animation.gif"] = (
+        "true and generated marginal over time, with the potential's contours (GIF)"
+    )
+    captions["figures/snapshots.png"] = "held-out and generated histograms at the snapshot times"
+    return captions
+
+
+def _sample_paths(cfg, model, times) -> tuple[np.ndarray, np.ndarray]:
+    """Draw FIGURE_PATHS paths of a trajectory model on a fine time grid of the horizon."""
+    fine = np.linspace(float(times[0]), float(times[-1]), FIGURE_PATH_TIMES)
+    generator = torch.Generator(device=model.device).manual_seed(training_seed(cfg))
+    paths = model.sample_paths(torch.as_tensor(fine), FIGURE_PATHS, generator)
+    return fine, paths.cpu().numpy()
+
+
+def _summary_page(cfg, parent, evaluation_run_id, scored: ScoredFrames, figures) -> str:
+    """Render summary.md of a training run from its tags, metrics and the noise floor."""
+    tags = parent.data.tags
+    experiment_id = parent.info.experiment_id
+    run_id = parent.info.run_id
+    floor_path = metrics_path(cfg, NOISE_FLOOR)
+    floor = json.loads(floor_path.read_text()) if floor_path.is_file() else None
+    facts = {
+        "model": f"{cfg.model.name} ({tags.get('family', 'unknown')} family)",
+        "system": cfg.system.name,
+        "protocol": cfg.protocol.name,
+        "replica": str(tags.get("replica", "")),
+        "training data": f"`{tags.get('dataset_path', dataset_path(cfg, 'train'))}`",
+        "dataset hash": f"`{tags.get('dataset_hash', 'unknown')}`",
+        "training run": f"{parent.info.run_name} (`{run_id}`)",
+        "evaluation run": f"`{evaluation_run_id}`",
+        "MLflow UI": (
+            f"http://{cfg.ui.host}:{cfg.ui.port}/#/experiments/{experiment_id}/runs/{run_id}"
+        ),
+        "scored": f"{len(scored.times)} frames, {scored.samples.shape[1]} samples a frame",
+    }
+    return render_summary(parent.info.run_name, facts, scored.summary, floor, figures)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from neqgen.config import build_system, protocol_dir
+from neqgen.data.dataset import write_arrays
 from neqgen.reference import (
     Grid,
     distance_from_equilibrium,
@@ -54,14 +53,7 @@ def run_reference(cfg: DictConfig) -> Path:
     arrays = {"times": times, "masses": solution.masses().astype(np.float64)}
     for axis, edges in enumerate(grid.edges):
         arrays[f"edges_{axis}"] = edges
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_arrays(path, arrays)
 
     distance = distance_from_equilibrium(solution, system)
     entropy = entropy_production_rate(solution, system)

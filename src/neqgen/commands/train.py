@@ -27,6 +27,7 @@ from neqgen.config import (
     to_container,
 )
 from neqgen.data.datamodule import EnsembleDataModule
+from neqgen.lineage import dataset_lineage, describe, log_dataset_input
 from neqgen.models.base import GenerativeModel
 from neqgen.tracking import ensure_experiment, flatten_params, log_params, tracking_uri
 
@@ -120,6 +121,8 @@ def run_training(
 
     experiment_id = ensure_experiment(cfg)
     dataset_hash = ensemble.content_hash
+    lineage = dataset_lineage(dataset_path(cfg, "train"))
+    log.info("Training data lineage: %s", describe(lineage))
     run_name = run_name or (
         f"{cfg.model.name}-{cfg.system.name}-{cfg.protocol.name}-r{replica(cfg)}-"
         f"{dataset_hash[:8]}"
@@ -132,6 +135,7 @@ def run_training(
         "protocol": cfg.protocol.name,
         "dataset_hash": dataset_hash,
         "dataset_path": str(dataset_path(cfg, "train")),
+        **lineage.tags(),
         **(tags or {}),
     }
     logger = MLFlowLogger(
@@ -156,6 +160,7 @@ def run_training(
     client = MlflowClient(tracking_uri(cfg))
     run_id = logger.run_id
     log_params(client, run_id, flatten_params(to_container(cfg), prefix="config."))
+    log_dataset_input(client, run_id, lineage)
     if best_val is not None:
         client.log_metric(run_id, "best/val_loss", best_val)
     else:

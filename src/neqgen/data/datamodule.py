@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from neqgen.data.dataset import Ensemble, load_ensemble
+from neqgen.data.dataset import Ensemble, load_ensemble, select_particles
 
 
 def split_particles(
@@ -130,14 +130,18 @@ class EnsembleDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         ensemble = self.prepare()
         train, val = split_particles(ensemble.n_particles, self.val_fraction, self.seed)
+        # The loaded positions are memory-mapped, so these copies are the only ones in memory.
         self.train_set = FrameDataset(
-            ensemble.positions[:, train],
+            select_particles(ensemble.positions, train),
             ensemble.times,
             self.particles_per_frame,
             repeats=self.repeats_per_epoch,
         )
         self.val_set = FrameDataset(
-            ensemble.positions[:, val], ensemble.times, self.particles_per_frame, random=False
+            select_particles(ensemble.positions, val),
+            ensemble.times,
+            self.particles_per_frame,
+            random=False,
         )
 
     def train_dataloader(self) -> DataLoader:

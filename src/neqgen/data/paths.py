@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from neqgen.data.datamodule import check_positive_sizes, split_particles
-from neqgen.data.dataset import Ensemble, load_ensemble
+from neqgen.data.dataset import Ensemble, load_ensemble, select_particles
 
 
 class WindowDataset(Dataset):
@@ -172,14 +172,14 @@ class PathDataModule(pl.LightningDataModule):
         ensemble = self.prepare()
         train, val = self.split()
         self.train_set = WindowDataset(
-            ensemble.positions[:, train],
+            select_particles(ensemble.positions, train),
             ensemble.times,
             self.window,
             self.particles_per_window,
             repeats=self.repeats_per_epoch,
         )
         self.val_set = WindowDataset(
-            ensemble.positions[:, val],
+            select_particles(ensemble.positions, val),
             ensemble.times,
             self.window,
             self.particles_per_window,
