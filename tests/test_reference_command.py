@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+from mlflow.tracking import MlflowClient
 
 from neqgen.cli import main
 
@@ -56,3 +57,20 @@ def test_reference_archive_is_byte_reproducible(tmp_path):
     assert main([*common, "reference", *overrides]) == 0
 
     assert path.read_bytes() == first
+
+
+def test_evaluation_of_a_pulled_checkpoint_logs_to_a_stand_in_run(tmp_path):
+    """A checkpoint whose training run lives in another MLflow store is still evaluated."""
+    common = ["--config-dir", str(CONFIG_DIR)]
+    paths = [f"paths.{name}={tmp_path / name}" for name in ("data", "models", "metrics", "plots")]
+    overrides = ["experiment=tiny", "model=oracle", *paths]
+    assert main([*common, "simulate", *overrides]) == 0
+    assert main([*common, "train", *overrides, f"paths.mlruns={tmp_path / 'first'}"]) == 0
+
+    code = main([*common, "evaluate", *overrides, f"paths.mlruns={tmp_path / 'second'}"])
+
+    assert code == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'second' / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "five_well"]
+    names = {run.info.run_name for run in client.search_runs([experiment.experiment_id])}
+    assert "oracle-five_well-uniform-r0" in names

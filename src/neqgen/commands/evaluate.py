@@ -346,14 +346,36 @@ def _log_to_run(
     """
     experiment_id = ensure_experiment(cfg)
     client = MlflowClient(tracking_uri(cfg))
+    stand_in_run = False
     try:
         parent = client.get_run(run_id)
-    except MlflowException as error:
-        raise FileNotFoundError(
-            f"MLflow run {run_id} of {model_dir(cfg) / 'run.json'} is not in the store "
-            f"{tracking_uri(cfg)}; retrain with `dvc repro --force train@{cfg.system.name}-"
-            f"{cfg.protocol.name}-{cfg.model.name}` or set tracking.uri to the store that has it"
-        ) from error
+    except MlflowException:
+        # A checkpoint pulled with `dvc pull` or restored from DVC's run cache keeps the id
+        # of a training run in another MLflow store. The evaluation is still logged, under
+        # a stand-in run that records which training run it belongs to.
+        stand_in = f"{cfg.model.name}-{cfg.system.name}-{cfg.protocol.name}-r{cfg.replica}"
+        log.warning(
+            "MLflow run %s of %s is not in the store %s (checkpoint pulled or restored by "
+            "DVC?); logging the evaluation under a new run %s. Point tracking.uri at the "
+            "store that has the training run to log into it instead.",
+            run_id,
+            model_dir(cfg) / "run.json",
+            tracking_uri(cfg),
+            stand_in,
+        )
+        parent = client.create_run(
+            experiment_id,
+            run_name=stand_in,
+            tags={
+                "model": str(cfg.model.name),
+                "system": str(cfg.system.name),
+                "protocol": str(cfg.protocol.name),
+                "replica": str(cfg.replica),
+                "training_run_id": run_id,
+            },
+        )
+        run_id = parent.info.run_id
+        stand_in_run = True
 
     now = int(time.time() * 1000)
     client.log_batch(
@@ -415,6 +437,8 @@ def _log_to_run(
         parent.info.run_name,
         time.perf_counter() - started,
     )
+    if stand_in_run:
+        client.set_terminated(run_id)
 
 
 def _true_density(cfg, system, heldout, frames) -> tuple[DensityGrid, str]:
