@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
@@ -21,7 +23,8 @@ def histogram(samples: np.ndarray, domain: list[list[float]], bins: int) -> np.n
 def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
     r"""Return JS(p, q) = KL(p || m) / 2 + KL(q || m) / 2 with m = (p + q) / 2, in nats.
 
-    It lies in [0, ln 2] for probability vectors p and q.
+    It lies in [0, ln 2] for probability vectors p and q; the result is clipped to that
+    range, because for disjoint p and q rounding can put the sum one ulp above ln 2.
     """
     m = 0.5 * (p + q)
 
@@ -29,7 +32,7 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
         mask = a > 0
         return float(np.sum(a[mask] * np.log(a[mask] / m[mask])))
 
-    return 0.5 * kl_to_m(p) + 0.5 * kl_to_m(q)
+    return min(max(0.5 * kl_to_m(p) + 0.5 * kl_to_m(q), 0.0), math.log(2))
 
 
 def jensen_shannon_samples(
