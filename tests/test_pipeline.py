@@ -30,10 +30,12 @@ def test_pipeline_writes_summary_for_every_model(pipeline_repo, system):
         for name in [*MODELS, "noise_floor"]:
             metrics = entries[name]
             assert metrics["n_replicas"] == len(REPLICAS), f"{protocol}/{name} replicas"
-            assert 0 <= metrics["jsd_mean"] <= math.log(2) + 1e-12, f"{protocol}/{name} jsd"
+            # ln 2 is the bound for disjoint samples; the mean over replicas may round above it.
+            bound = math.log(2) + 1e-12
+            assert 0 <= metrics["jsd_mean"] <= bound, f"{protocol}/{name} jsd"
             assert metrics["jsd_mean_std"] >= 0, f"{protocol}/{name} spread"
             assert metrics["w1_mean"] >= 0, f"{protocol}/{name} w1"
-            assert 0 <= metrics["jsd_exact_mean"] <= math.log(2) + 1e-12, f"{protocol}/{name} exact"
+            assert 0 <= metrics["jsd_exact_mean"] <= bound, f"{protocol}/{name} exact"
             assert "entropy_early" in metrics, f"{protocol}/{name} entropy production"
         # Each model against the best one (not itself) and against the noise floor.
         assert len(entries["comparisons"]) == 2 * len(MODELS) - 1
