@@ -33,7 +33,7 @@ from neqgen.config import (
     plots_dir,
     to_container,
 )
-from neqgen.data.dataset import Ensemble, load_ensemble
+from neqgen.data.dataset import Ensemble, load_ensemble, write_arrays
 from neqgen.evaluation.entropy import (
     entropy_production,
     grid_thermodynamics,
@@ -203,10 +203,12 @@ def _write_outputs(
     folder = plots_dir(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     write_frame_table(folder / f"{name}.csv", times, scores)
-    np.savez(
+    write_arrays(
         folder / f"{name}_snapshots.npz",
-        times=times[snapshot_index],
-        samples=samples[snapshot_index].astype(np.float32),
+        {
+            "times": times[snapshot_index],
+            "samples": samples[snapshot_index].astype(np.float32),
+        },
     )
     return summary
 
@@ -246,10 +248,12 @@ def run_noise_floor(cfg: DictConfig) -> dict[str, float]:
     entropy = _entropy_production(cfg, system, samples, times, frames, True, NOISE_FLOOR)
     summary = _write_outputs(cfg, NOISE_FLOOR, times, scores, samples, snapshots, entropy)
     # The held-out ensemble at the snapshot frames is the "truth" row of snapshot figures.
-    np.savez(
+    write_arrays(
         plots_dir(cfg) / "truth_snapshots.npz",
-        times=heldout.times[frames][snapshots],
-        samples=heldout.positions[frames][snapshots],
+        {
+            "times": heldout.times[frames][snapshots],
+            "samples": heldout.positions[frames][snapshots],
+        },
     )
     log.info("Noise floor of %s/%s: %s", cfg.system.name, cfg.protocol.name, summary)
     return summary
