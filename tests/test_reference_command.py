@@ -46,7 +46,7 @@ def test_reference_scores_noise_floor_against_exact_density(tmp_path):
 
 
 def test_reference_archive_is_byte_reproducible(tmp_path):
-    """Rerunning the stage gives the same bytes, so DVC sees the same hash."""
+    """Rerunning the stage writes the same bytes, so DVC records the same hash."""
     common = ["--config-dir", str(CONFIG_DIR)]
     overrides = ["experiment=tiny", "system=prinz_tilt", f"paths.data={tmp_path / 'data'}"]
     overrides.append(f"paths.plots={tmp_path / 'plots'}")
@@ -59,7 +59,7 @@ def test_reference_archive_is_byte_reproducible(tmp_path):
     assert path.read_bytes() == first
 
 
-def test_evaluation_of_a_pulled_checkpoint_logs_to_a_stand_in_run(tmp_path):
+def test_evaluate_foreign_run_uses_stand_in(tmp_path):
     """A checkpoint whose training run lives in another MLflow store is still evaluated."""
     common = ["--config-dir", str(CONFIG_DIR)]
     paths = [f"paths.{name}={tmp_path / name}" for name in ("data", "models", "metrics", "plots")]

@@ -485,7 +485,7 @@ def _log_run_figures(
 ) -> dict[str, str]:
     """Log the figures under figures/ of the training run and return their captions by path.
 
-    ``floor`` is the noise floor's per-frame table (a ``time`` column and one a metric)
+    ``floor`` is the noise floor's per-frame table (a ``time`` column and one column per metric)
     or None. Energy models add the learned energy, trajectory models sampled paths.
     """
     label = cfg.model.name

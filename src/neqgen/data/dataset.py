@@ -263,15 +263,15 @@ class EnsembleWriter:
 
 def _member_info(name: str) -> zipfile.ZipInfo:
     # np.savez stamps each member with the current time, so the same arrays would give
-    # different bytes (and different DVC hashes) on every run; a fixed stamp does not.
+    # different bytes and DVC hashes on every run. A fixed stamp keeps them identical.
     return zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
 
 
 def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """Write arrays as an uncompressed .npz archive, atomically and byte-reproducibly.
 
-    Members carry a fixed time stamp, so the same arrays always give the same bytes (and
-    the same DVC hash); the archive is written to a temporary file and renamed over path.
+    Members carry a fixed time stamp, so the same arrays give the same bytes and DVC hash.
+    The archive is written to a temporary file and then renamed over ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -411,8 +411,8 @@ def read_member_header(path: Path, archive: zipfile.ZipFile, name: str):
     size = math.prod(shape) * dtype.itemsize
     if offset - start + size != info.file_size:
         raise zipfile.BadZipFile(
-            f"member {info.filename} holds {info.file_size} bytes, its header describes "
-            f"{offset - start + size}"
+            f"invalid member {info.filename}: it has {info.file_size} bytes but its header "
+            f"describes {offset - start + size}"
         )
     return shape, dtype, offset
 

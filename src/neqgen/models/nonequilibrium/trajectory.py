@@ -106,10 +106,10 @@ class TrajectoryModel(GenerativeModel):
     def draw_initial(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         """Draw n starting positions from the bank, shape (n, dim).
 
-        Positions are drawn without replacement while the bank lasts (then from a new
-        permutation), so that n up to the bank size gives n distinct starts: repeated
-        starts of a deterministic drift would make coincident points, whose
-        nearest-neighbour entropy is minus infinity.
+        Positions are drawn without replacement while the bank lasts, then from a new
+        permutation, so n up to the bank size gives n distinct starts. Repeated starts of
+        a deterministic drift would give coincident points, whose nearest-neighbour
+        entropy is minus infinity.
 
         Raises
         ------
