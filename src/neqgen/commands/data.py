@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import zipfile
@@ -14,6 +13,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from neqgen.data.dataset import read_member_header
+from neqgen.lineage import file_md5
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def describe_reference(path: Path) -> dict[str, Any]:
     return {"sizes": f"grid {grid}, {n_frames} frames", "seed": None, "content_hash": None}
 
 
-def file_md5(path: Path, state=None) -> str:
+def dvc_md5(path: Path, state=None) -> str:
     """Return the MD5 that DVC 3 records for a file: the MD5 of its bytes.
 
     With a DVC repository's ``state``, DVC's own cache of hashes (keyed by inode, size and
@@ -106,11 +106,7 @@ def file_md5(path: Path, state=None) -> str:
 
         _, hash_info = hash_file(str(path), localfs, "md5", state=state)
         return hash_info.value
-    digest = hashlib.md5()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_md5(path)
 
 
 def open_dvc_repo(data_root: Path):
@@ -195,7 +191,7 @@ def describe_file(
         protocol=protocol,
         replica=replica,
         split=split,
-        md5=file_md5(path, state),
+        md5=dvc_md5(path, state),
         problem=problem,
         **details,
     )
